@@ -1,0 +1,105 @@
+"""Console entry points.
+
+    hf-ifbeta-prune --teacher cifar10_resnet56 --teacher_checkpoint ../shared/models/cifar10_resnet56.pt \\
+        --dataset parquet --data_files ../shared/data/cifar10/train.parquet --image_column img \\
+        --ratio 0.3 --output_dir out/cifar10-ifbeta-r0.3
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from .config import PrunerConfig
+
+__all__ = ["PruneArguments", "load_image_dataset", "prune_main"]
+
+
+@dataclass
+class PruneArguments:
+    """What to prune and where to write it (the method's settings are `PrunerConfig`)."""
+
+    teacher: str = field(metadata={"help": "Teacher: a timm name (cifar10_resnet56), a Hub id or a local folder."})
+    dataset: str = field(metadata={"help": "Dataset: a Hub id (uoft-cs/cifar10), or a builder such as parquet with --data_files."})
+    ratio: List[float] = field(
+        default_factory=lambda: [0.3], metadata={"help": "Fraction(s) of rows to remove, each in (0, 1): one scoring pass, one selection per ratio."}
+    )
+    output_dir: str = field(default="pruned", metadata={"help": "Folder for the results (one sub-folder per ratio)."})
+    teacher_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "Local weights file for a timm registry teacher."}
+    )
+    data_files: Optional[List[str]] = field(default=None, metadata={"help": "Data files for a builder dataset (parquet, imagefolder, ...)."})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "Dataset config name."})
+    split: str = field(default="train", metadata={"help": "Split to prune."})
+    revision: Optional[str] = field(default=None, metadata={"help": "Dataset revision (recorded in the result)."})
+    max_samples: Optional[int] = field(default=None, metadata={"help": "Prune only the first N rows (for a quick try)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push each subset (indices + scores + card) to the Hub."})
+    repo_id: Optional[str] = field(default=None, metadata={"help": "Hub dataset repo for --push_to_hub; '{ratio}' is filled in."})
+    private: Optional[bool] = field(default=None, metadata={"help": "Create the Hub repo private."})
+    plot: bool = field(default=True, metadata={"help": "Save plot.png (scores, policy, kept rows) next to each result."})
+
+
+def load_image_dataset(dataset: str, split: str = "train", data_files=None, config=None, revision=None, max_samples=None):
+    """`datasets.load_dataset` for a Hub id or a builder with data files; optionally the first N rows."""
+    import datasets
+
+    if data_files:
+        ds = datasets.load_dataset(dataset, config, data_files={split: data_files}, split=split, revision=revision)
+    else:
+        ds = datasets.load_dataset(dataset, config, split=split, revision=revision)
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    return ds
+
+
+def prune_main(argv: Optional[List[str]] = None) -> None:
+    """`hf-ifbeta-prune`: score a dataset once, select at each ratio, save (and optionally push) the subsets."""
+    from pathlib import Path
+
+    from transformers import HfArgumentParser
+
+    from .models import load_model
+    from .pruner import DatasetPruner
+
+    parser = HfArgumentParser((PruneArguments, PrunerConfig))
+    args, config = parser.parse_args_into_dataclasses(args=argv)
+    ds = load_image_dataset(args.dataset, args.split, args.data_files, args.dataset_config, args.revision, args.max_samples)
+    teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint)
+    pruner = DatasetPruner(teacher, config)
+    result = pruner.score(ds)
+    result.provenance["teacher"] = args.teacher
+    if not args.data_files:
+        result.provenance["dataset_name"] = args.dataset
+    summary = []
+    for ratio in args.ratio:
+        result.select_indices(ratio)
+        out = Path(args.output_dir) / f"{config.method}-r{ratio}"
+        result.save(out)
+        if args.plot:
+            result.plot(out / "plot.png")
+        policy = result.policy or {}
+        line = {
+            "ratio": ratio,
+            "kept": int(len(result.indices)),
+            "of": result.num_rows,
+            "method": config.method,
+            "a": policy.get("a"),
+            "b": policy.get("b"),
+            "output": str(out),
+            "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
+        }
+        summary.append(line)
+        print(json.dumps(line))
+        if args.push_to_hub:
+            if not args.repo_id:
+                raise ValueError("--push_to_hub needs --repo_id.")
+            result.push_to_hub(
+                args.repo_id.format(ratio=ratio), source_dataset=None if args.data_files else args.dataset,
+                source_revision=args.revision, source_split=args.split, private=args.private,
+            )
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    prune_main(sys.argv[1:])

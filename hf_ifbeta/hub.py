@@ -1,0 +1,289 @@
+"""Sharing on the Hugging Face Hub: pruned subsets (indices + scores + a dataset card) and students.
+
+A pruned subset is shared light by default: the kept row ids, every row's score and a card that
+points at the source dataset and revision, so the source's licence and hosting are respected and
+`load_pruned_dataset` rebuilds the rows with one call. `materialize=True` uploads the rows too.
+Uploads happen on the main process only; everything up to the upload is a local folder, so the
+same code is tested offline by loading those folders back.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import datasets
+import numpy as np
+import torch.nn as nn
+from huggingface_hub import DatasetCard, DatasetCardData, HfApi, ModelCard, ModelCardData, snapshot_download
+
+from .pruner import RESULT_FILE, PruningResult
+
+__all__ = [
+    "load_pruned_dataset",
+    "load_pruning_result",
+    "push_pruning_result",
+    "push_student",
+    "save_pruning_result_for_hub",
+    "save_student_for_hub",
+]
+
+SUBSET_DATA_DIR = "data"
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+# ---------------------------------------------------------------------------- pruned subsets
+def save_pruning_result_for_hub(
+    result: PruningResult,
+    save_directory: Union[str, os.PathLike],
+    source_dataset: Optional[str] = None,
+    source_revision: Optional[str] = None,
+    source_split: Optional[str] = None,
+    source_config: Optional[str] = None,
+    dataset: Optional[datasets.Dataset] = None,
+    materialize: bool = False,
+) -> Path:
+    """Write the folder a push would upload: the saved result, a dataset card and (optionally) the rows.
+
+    Args:
+        result (`PruningResult`): a result with a selection (`result.indices`).
+        save_directory (`str`): the folder to write.
+        source_dataset (`str`, *optional*): Hub id of the scored dataset (default: from the result's provenance).
+        source_revision (`str`, *optional*): its revision (commit sha or tag) the row ids refer to.
+        source_split (`str`, *optional*): its split (default: from provenance, else "train").
+        source_config (`str`, *optional*): its config name.
+        dataset (`datasets.Dataset`, *optional*): the scored dataset, required with `materialize=True`.
+        materialize (`bool`): also write the kept rows as parquet under `data/`.
+    """
+    if result.indices is None:
+        raise ValueError("The result has no selection: call result.select_indices(ratio) before sharing it.")
+    path = Path(save_directory)
+    result.save(path)
+    prov = result.provenance
+    source = {
+        "dataset": source_dataset or prov.get("dataset_name"),
+        "revision": source_revision,
+        "split": source_split or prov.get("dataset_split") or "train",
+        "config": source_config or prov.get("dataset_config"),
+        "fingerprint": prov.get("dataset_fingerprint"),
+        "num_rows": result.num_rows,
+    }
+    (path / "source.json").write_text(json.dumps(source, indent=2))
+    if materialize:
+        if dataset is None:
+            raise ValueError("materialize=True needs dataset=<the scored datasets.Dataset>.")
+        (path / SUBSET_DATA_DIR).mkdir(exist_ok=True)
+        result.select(dataset).to_parquet(str(path / SUBSET_DATA_DIR / f"{source['split']}-00000-of-00001.parquet"))
+    _dataset_card(result, source, materialize).save(path / "README.md")
+    return path
+
+
+def _dataset_card(result: PruningResult, source: Dict[str, Any], materialize: bool) -> DatasetCard:
+    policy = result.policy or {}
+    card_data = DatasetCardData(
+        source_datasets=[source["dataset"]] if source["dataset"] else None,
+        task_categories=["image-classification"],
+        tags=["hf_ifbeta", "data-pruning", "knowledge-distillation", result.method],
+    )
+    policy_line = (
+        f"Beta(a={policy['a']:.3f}, b={policy['b']:.3f}) over class-wise score ranks"
+        if "a" in policy
+        else "the method's fixed selection rule"
+    )
+    load = (
+        f'ds = datasets.load_dataset("<this repo>", split="{source["split"]}")'
+        if materialize
+        else 'ds = load_pruned_dataset("<this repo>")  # fetches the source rows and selects the kept ones'
+    )
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# Pruned subset: {source['dataset'] or 'local dataset'} ({result.method}, ratio {result.ratio})
+
+Made with [hf_ifbeta](https://github.com/) `{result.provenance.get('hf_ifbeta_version')}`: the teacher
+`{result.provenance.get('teacher')}` scored every row, and {len(result.indices):,} of {result.num_rows:,} rows
+(ratio removed {result.ratio}) were kept by {policy_line}, seed {result.seed}.
+
+| | |
+| --- | --- |
+| source dataset | `{source['dataset']}` (config `{source['config']}`, split `{source['split']}`, revision `{source['revision']}`) |
+| source fingerprint | `{source['fingerprint']}` |
+| method | `{result.method}` |
+| ratio removed | {result.ratio} |
+| rows kept | {len(result.indices)} / {result.num_rows} |
+| seed | {result.seed} |
+| teacher | `{result.provenance.get('teacher')}` |
+
+Files: `indices.npy` (kept row ids of the source split), `scores.npy` (a score per source row),
+`pruning_result.json` (policy, configuration, provenance, timings), `source.json`.
+{"The kept rows are materialised under `data/`." if materialize else "The rows themselves stay in the source dataset (and under its licence)."}
+
+```python
+from hf_ifbeta import load_pruned_dataset
+{load}
+```
+"""
+    return DatasetCard(content)
+
+
+def push_pruning_result(
+    result: PruningResult,
+    repo_id: str,
+    *,
+    source_dataset: Optional[str] = None,
+    source_revision: Optional[str] = None,
+    source_split: Optional[str] = None,
+    dataset: Optional[datasets.Dataset] = None,
+    materialize: bool = False,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    revision: Optional[str] = None,
+    commit_message: str = "Add pruned subset",
+):
+    """Push a pruned subset to a Hub dataset repo (main process only). Returns the commit info, or None
+    on other processes."""
+    if not _is_main_process():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pruning_result_for_hub(
+            result, tmp, source_dataset, source_revision, source_split, dataset=dataset, materialize=materialize
+        )
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
+        return api.upload_folder(
+            repo_id=repo_id, repo_type="dataset", folder_path=tmp, revision=revision, commit_message=commit_message
+        )
+
+
+def _local_or_download(repo_id_or_path: Union[str, os.PathLike], repo_type: str, revision=None, token=None) -> Path:
+    path = Path(repo_id_or_path)
+    if path.is_dir():
+        return path
+    return Path(snapshot_download(str(repo_id_or_path), repo_type=repo_type, revision=revision, token=token))
+
+
+def load_pruning_result(repo_id_or_path: Union[str, os.PathLike], revision=None, token=None) -> PruningResult:
+    """The `PruningResult` stored in a local folder or a Hub dataset repo."""
+    return PruningResult.load(_local_or_download(repo_id_or_path, "dataset", revision, token))
+
+
+def load_pruned_dataset(
+    repo_id_or_path: Union[str, os.PathLike],
+    dataset: Optional[datasets.Dataset] = None,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+) -> datasets.Dataset:
+    """The kept rows of a shared pruned subset, in one call.
+
+    Args:
+        repo_id_or_path (`str`): a Hub dataset repo id or a local folder written by `push_pruning_result` /
+            `save_pruning_result_for_hub`.
+        dataset (`datasets.Dataset`, *optional*): the source split, when it is not on the Hub (e.g. local
+            parquet). By default the source named in the card is loaded at its recorded revision.
+        revision (`str`, *optional*): revision of the subset repo.
+        token (`str`, *optional*): Hub token.
+    """
+    path = _local_or_download(repo_id_or_path, "dataset", revision, token)
+    if not (path / RESULT_FILE).exists():
+        raise FileNotFoundError(f"{repo_id_or_path} holds no {RESULT_FILE}: not a pruned subset made by hf_ifbeta.")
+    source = json.loads((path / "source.json").read_text()) if (path / "source.json").exists() else {}
+    data_dir = path / SUBSET_DATA_DIR
+    if dataset is None and data_dir.is_dir():
+        files = sorted(str(p) for p in data_dir.glob("*.parquet"))
+        return datasets.load_dataset("parquet", data_files={"train": files}, split="train")
+    result = PruningResult.load(path)
+    if dataset is None:
+        if not source.get("dataset"):
+            raise ValueError(
+                "The subset does not name a Hub source dataset (it was scored on local data): pass dataset=<the source split>."
+            )
+        dataset = datasets.load_dataset(
+            source["dataset"], source.get("config"), split=source.get("split", "train"), revision=source.get("revision"), token=token
+        )
+    if len(dataset) != result.num_rows:
+        raise ValueError(
+            f"The subset's row ids refer to a split of {result.num_rows} rows; the dataset given has {len(dataset)}."
+        )
+    return dataset.select(result.indices)
+
+
+# ---------------------------------------------------------------------------- students
+def save_student_for_hub(
+    model: nn.Module,
+    save_directory: Union[str, os.PathLike],
+    teacher: Optional[str] = None,
+    subset: Optional[str] = None,
+    kd_settings: Optional[Dict[str, Any]] = None,
+    metrics: Optional[Dict[str, float]] = None,
+    dataset: Optional[str] = None,
+) -> Path:
+    """Write a timm student as `config.json` + weights + a model card recording how it was distilled.
+
+    The folder loads back with `timm.create_model("local-dir:<folder>")` (or `"hf-hub:<repo>"` once pushed).
+    """
+    from timm.models import save_for_hf
+
+    path = Path(save_directory)
+    save_for_hf(model, str(path), safe_serialization=True)
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    card_data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "timm", "knowledge-distillation", "hf_ifbeta"],
+        datasets=[dataset] if dataset else None,
+        base_model=None,
+    )
+    rows = {"architecture": arch, "teacher": teacher, "training subset": subset, "dataset": dataset}
+    rows.update({f"KD {k}": v for k, v in (kd_settings or {}).items()})
+    rows.update({f"eval {k}": v for k, v in (metrics or {}).items()})
+    table = "\n".join(f"| {k} | `{v}` |" for k, v in rows.items() if v is not None)
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {arch} distilled with hf_ifbeta
+
+A student trained by knowledge distillation (`alpha * tau^2 * KL(teacher || student) + (1 - alpha) * CE`)
+from the teacher below, on the pruned subset below.
+
+| | |
+| --- | --- |
+{table}
+
+```python
+import timm, hf_ifbeta  # hf_ifbeta registers the CIFAR ResNets
+model = timm.create_model("hf-hub:<this repo>", pretrained=True)
+```
+"""
+    ModelCard(content).save(path / "README.md")
+    (path / "distillation.json").write_text(
+        json.dumps({"teacher": teacher, "subset": subset, "kd": kd_settings, "metrics": metrics, "dataset": dataset}, indent=2, default=str)
+    )
+    return path
+
+
+def push_student(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    revision: Optional[str] = None,
+    commit_message: str = "Add distilled student",
+    **card_kwargs,
+):
+    """Push a timm student and its model card to a Hub model repo (main process only)."""
+    if not _is_main_process():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        save_student_for_hub(model, tmp, **card_kwargs)
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)

@@ -1,0 +1,426 @@
+"""`DatasetPruner`: a `datasets.Dataset` in, the rows worth distilling on out.
+
+One teacher pass (cached, resumable, sharded), then cheap work on the cached arrays: the scores of
+the configured method (IF-Beta: influence of each row on a validation KD loss of a proxy head) and
+a selection at any ratio (IF-Beta: a Beta-distribution policy over score ranks, learned per ratio).
+"""
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import datasets
+import numpy as np
+import torch.nn as nn
+
+from . import __version__
+from .config import PrunerConfig
+from .features import TeacherOutputs, compute_teacher_outputs
+from .models import load_model
+from .scorers import ScoringContext, Selection, get_method
+
+__all__ = ["DatasetPruner", "PruningResult", "validation_split"]
+
+RESULT_FILE = "pruning_result.json"
+
+
+def validation_split(labels: np.ndarray, fraction: float, max_per_class: int, seed: int) -> np.ndarray:
+    """Stratified validation rows held out *from the training set* (never the test set).
+
+    Takes `round(fraction * n_c)` rows of each class c (at most `max_per_class`, at least one when the
+    class has two rows or more). Returns sorted row ids.
+    """
+    rng = np.random.default_rng([seed, 1234])
+    picked = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        k = min(max_per_class, int(round(fraction * len(rows))))
+        if len(rows) >= 2:
+            k = max(k, 1)
+        picked.append(rng.choice(rows, size=min(k, len(rows) - 1) if len(rows) > 1 else 0, replace=False))
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _check_ratio(ratio: float) -> float:
+    if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
+        raise ValueError(f"ratio is the fraction of rows to remove and must be in (0, 1), got {ratio!r}.")
+    return float(ratio)
+
+
+@dataclass
+class PruningResult:
+    """Scores of every row and, once a ratio is chosen, the kept rows.
+
+    Attributes:
+        method (`str`): the registry name of the pruning method.
+        scores (`np.ndarray`): (n,) one score per row of the scored dataset (higher = more worth keeping
+            for the score-ranking methods).
+        labels (`np.ndarray`): (n,) class ids.
+        ratio (`float`, *optional*): fraction removed by the last selection.
+        seed (`int`, *optional*): seed of the last selection.
+        indices (`np.ndarray`, *optional*): sorted kept row ids of the last selection: `ds.select(indices)`.
+        policy (`dict`, *optional*): the selection's policy (IF-Beta: learned `a`, `b`, outer-loss history,
+            proxy validation losses of the learned and the uniform policy).
+        config (`dict`): the `PrunerConfig` that made the scores.
+        provenance (`dict`): teacher, dataset fingerprint and size, package version, cache folder.
+        timings (`dict`): seconds spent in the teacher pass, scoring and selection.
+    """
+
+    method: str
+    scores: np.ndarray
+    labels: np.ndarray
+    config: Dict[str, Any]
+    provenance: Dict[str, Any]
+    val_indices: np.ndarray
+    ratio: Optional[float] = None
+    seed: Optional[int] = None
+    indices: Optional[np.ndarray] = None
+    policy: Optional[Dict[str, Any]] = None
+    timings: Dict[str, float] = field(default_factory=dict)
+    extra_scores: Dict[str, np.ndarray] = field(default_factory=dict)
+    _outputs: Optional[TeacherOutputs] = field(default=None, repr=False, compare=False)
+    _context: Optional[ScoringContext] = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.scores)
+
+    # ------------------------------------------------------------------ selection
+    def select_indices(self, ratio: float, seed: Optional[int] = None) -> np.ndarray:
+        """Choose the rows to keep at `ratio` from these scores; no teacher pass is repeated.
+
+        Args:
+            ratio (`float`): fraction of rows to remove, in (0, 1).
+            seed (`int`, *optional*): sampling seed (default: the config's seed). The same seed gives the same rows.
+
+        Returns:
+            `np.ndarray`: sorted row ids of the `round((1 - ratio) * n)` kept rows; also stored in `self.indices`.
+        """
+        ratio = _check_ratio(ratio)
+        seed = self.config["seed"] if seed is None else int(seed)
+        method = get_method(self.method)
+        t0 = time.perf_counter()
+        selection: Selection = method.select(self._teacher_outputs(), self.scores, ratio, self._scoring_context(), seed)
+        self.timings["selection_s"] = time.perf_counter() - t0
+        self.ratio, self.seed = ratio, seed
+        self.indices = np.asarray(selection.indices, dtype=np.int64)
+        self.policy = selection.policy
+        return self.indices
+
+    def select(self, dataset: datasets.Dataset, ratio: Optional[float] = None, seed: Optional[int] = None) -> datasets.Dataset:
+        """The kept rows of `dataset` (every column kept). Selects first when `ratio` is given."""
+        if ratio is not None:
+            self.select_indices(ratio, seed)
+        if self.indices is None:
+            raise ValueError("No selection yet: pass ratio=... (or call select_indices(ratio) first).")
+        if len(dataset) != self.num_rows:
+            raise ValueError(
+                f"These scores are for a dataset of {self.num_rows} rows, got one of {len(dataset)} rows."
+            )
+        fingerprint = self.provenance.get("dataset_fingerprint")
+        if fingerprint and getattr(dataset, "_fingerprint", None) not in (None, fingerprint):
+            # Same length but another fingerprint: a transform or a different split. Allowed, but only
+            # when the caller opted in by formatting the same data (with_transform keeps the fingerprint).
+            raise ValueError(
+                f"The dataset's fingerprint {dataset._fingerprint} differs from the scored one ({fingerprint}); "
+                "select on the dataset that was scored."
+            )
+        return dataset.select(self.indices)
+
+    def _teacher_outputs(self) -> TeacherOutputs:
+        if self._outputs is None:
+            cache = self.provenance.get("teacher_outputs_dir")
+            if cache and Path(cache).exists():
+                self._outputs = TeacherOutputs.load(cache)
+            else:
+                raise ValueError(
+                    "Selecting again needs the teacher outputs, and their cache "
+                    f"({cache}) is gone: score the dataset again with DatasetPruner.score."
+                )
+        return self._outputs
+
+    def _scoring_context(self) -> ScoringContext:
+        if self._context is None:
+            # A loaded result keeps its scores, so re-selection works without the influence output.
+            influence = None
+            self._context = ScoringContext(
+                config=PrunerConfig(**self.config), val_indices=self.val_indices, influence=influence
+            )
+        return self._context
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, save_directory: Union[str, os.PathLike]) -> None:
+        """Write `scores.npy`, `indices.npy` (when selected) and `pruning_result.json` (everything else)."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "scores.npy", np.asarray(self.scores, dtype=np.float32))
+        np.save(path / "labels.npy", np.asarray(self.labels, dtype=np.int64))
+        np.save(path / "val_indices.npy", self.val_indices)
+        if self.indices is not None:
+            np.save(path / "indices.npy", self.indices)
+        meta = {
+            "method": self.method,
+            "ratio": self.ratio,
+            "seed": self.seed,
+            "num_rows": self.num_rows,
+            "num_kept": None if self.indices is None else int(len(self.indices)),
+            "policy": _jsonable(self.policy),
+            "config": self.config,
+            "provenance": self.provenance,
+            "timings": self.timings,
+            "extra_scores": sorted(self.extra_scores),
+        }
+        for name, values in self.extra_scores.items():
+            np.save(path / f"scores_{name}.npy", np.asarray(values, dtype=np.float32))
+        (path / RESULT_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, save_directory: Union[str, os.PathLike]) -> "PruningResult":
+        """Load a result written by `save` (or downloaded from the Hub by `hub.load_pruning_result`)."""
+        path = Path(save_directory)
+        if not (path / RESULT_FILE).exists():
+            raise FileNotFoundError(f"{path} has no {RESULT_FILE}: not a saved PruningResult.")
+        meta = json.loads((path / RESULT_FILE).read_text())
+        indices = np.load(path / "indices.npy") if (path / "indices.npy").exists() else None
+        return cls(
+            method=meta["method"],
+            scores=np.load(path / "scores.npy"),
+            labels=np.load(path / "labels.npy"),
+            config=meta["config"],
+            provenance=meta["provenance"],
+            val_indices=np.load(path / "val_indices.npy"),
+            ratio=meta["ratio"],
+            seed=meta["seed"],
+            indices=indices,
+            policy=meta["policy"],
+            timings=meta.get("timings", {}),
+            extra_scores={k: np.load(path / f"scores_{k}.npy") for k in meta.get("extra_scores", [])},
+        )
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Share the subset on the Hub as indices + scores + a dataset card; see `hub.push_pruning_result`."""
+        from .hub import push_pruning_result
+
+        return push_pruning_result(self, repo_id, **kwargs)
+
+    # ------------------------------------------------------------------ plots
+    def plot(self, path: Optional[Union[str, os.PathLike]] = None):
+        """Score histogram (all rows vs kept), the policy density over rank positions, and the kept
+        fraction per rank decile. Returns the matplotlib figure; saves it when `path` is given."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        from .policy import BetaPolicy, rank_positions
+
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        ax = axes[0]
+        bins = np.linspace(np.percentile(self.scores, 0.5), np.percentile(self.scores, 99.5), 60)
+        ax.hist(self.scores, bins=bins, color="0.75", label="all rows")
+        if self.indices is not None:
+            ax.hist(self.scores[self.indices], bins=bins, color="C0", alpha=0.8, label="kept")
+        ax.set(title=f"{self.method} scores", xlabel="score", ylabel="rows")
+        ax.legend()
+        ax = axes[1]
+        grid = np.linspace(0.005, 0.995, 199)
+        if self.policy and "a" in self.policy:
+            a, b = self.policy["a"], self.policy["b"]
+            ax.plot(grid, np.exp(BetaPolicy(a, b).log_weights(grid)), color="C1", label=f"Beta({a:.2f}, {b:.2f})")
+        ax.plot(grid, np.ones_like(grid), "k--", lw=1, label="uniform (random)")
+        ax.set(title="policy density over rank position", xlabel="rank position u (1 = most helpful)")
+        ax.legend()
+        ax = axes[2]
+        if self.indices is not None:
+            u = rank_positions(self.scores, self.labels, stratify=self.config.get("stratify", True))
+            kept = np.zeros(self.num_rows, bool)
+            kept[self.indices] = True
+            deciles = np.minimum((u * 10).astype(int), 9)
+            ax.bar(np.arange(10) / 10 + 0.05, [kept[deciles == k].mean() for k in range(10)], width=0.09)
+            ax.axhline(1 - self.ratio, color="k", ls="--", lw=1, label=f"keep rate {1 - self.ratio:.2f}")
+            ax.legend()
+        ax.set(title="kept fraction per rank decile", xlabel="rank position u", ylim=(0, 1.05))
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
+
+
+class DatasetPruner:
+    """Scores the rows of an image classification dataset with a teacher and keeps the best ones.
+
+    Args:
+        teacher (`nn.Module` or `str`): a timm model (or any module returning logits), a timm registry
+            name, a Hub id (`"timm/resnet50.a1_in1k"`) or a local folder.
+        config (`PrunerConfig`, *optional*): all settings; keyword arguments override its fields.
+        accelerator (`accelerate.Accelerator` or `PartialState`, *optional*): shards the teacher pass
+            over processes.
+        kwargs: `PrunerConfig` fields, e.g. `image_column="img"`, `method="random"`, `seed=1`.
+
+    Example:
+    ```python
+    >>> import datasets, timm
+    >>> from hf_ifbeta import DatasetPruner
+    >>> ds = datasets.load_dataset("parquet", data_files={"train": "../shared/data/cifar10/train.parquet"})["train"]
+    >>> teacher = timm.create_model("cifar10_resnet56", pretrained=True,
+    ...                             pretrained_cfg_overlay=dict(file="../shared/models/cifar10_resnet56.pt"))
+    >>> pruner = DatasetPruner(teacher, image_column="img", label_column="label")
+    >>> pruned = pruner.prune(ds, ratio=0.3)          # 35,000 rows, every column kept
+    >>> pruner.last_result.policy["a"], pruner.last_result.policy["b"]
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher: Union[nn.Module, str],
+        config: Optional[PrunerConfig] = None,
+        accelerator=None,
+        **kwargs,
+    ):
+        config = config or PrunerConfig()
+        unknown = set(kwargs) - {f.name for f in dataclasses.fields(PrunerConfig)}
+        if unknown:
+            raise TypeError(f"Unknown PrunerConfig fields: {sorted(unknown)}. See `PrunerConfig` for the valid ones.")
+        self.config = dataclasses.replace(config, **kwargs) if kwargs else config
+        self.teacher_name = teacher if isinstance(teacher, str) else _teacher_name(teacher)
+        self.teacher = load_model(teacher).eval()
+        self.accelerator = accelerator
+        self.method = get_method(self.config.method)
+        self.last_result: Optional[PruningResult] = None
+
+    def teacher_outputs(self, dataset: datasets.Dataset) -> TeacherOutputs:
+        """The teacher pass over `dataset`: features, logits and labels per row (cached, resumable)."""
+        c = self.config
+        return compute_teacher_outputs(
+            self.teacher,
+            dataset,
+            c.image_column,
+            c.label_column,
+            batch_size=c.batch_size,
+            num_workers=c.num_workers,
+            chunk_size=c.chunk_size,
+            cache_dir=c.cache_dir,
+            features_dtype=c.features_dtype,
+            accelerator=self.accelerator,
+        )
+
+    def score(self, dataset: datasets.Dataset) -> PruningResult:
+        """Teacher pass + scores for every row; select afterwards at any ratio with `result.select(ds, ratio)`."""
+        self._check_classes(dataset)
+        t0 = time.perf_counter()
+        outputs = self.teacher_outputs(dataset)
+        t1 = time.perf_counter()
+        labels = np.asarray(outputs.labels)
+        val_indices = validation_split(labels, self.config.val_fraction, self.config.val_max_per_class, self.config.seed)
+        influence = None
+        if getattr(self.method, "needs_influence", False):
+            influence = self._influence(outputs, val_indices)
+        context = ScoringContext(config=self.config, val_indices=val_indices, influence=influence)
+        scores = np.asarray(self.method.score(outputs, context), dtype=np.float64)
+        t2 = time.perf_counter()
+        extra = {}
+        if influence is not None and influence.self_influence is not None:
+            extra["self_influence"] = influence.self_influence
+        result = PruningResult(
+            method=self.config.method,
+            scores=scores,
+            labels=labels,
+            config=self.config.to_dict(),
+            provenance=self._provenance(dataset, outputs),
+            val_indices=val_indices,
+            timings={"teacher_pass_s": t1 - t0, "scoring_s": t2 - t1},
+            extra_scores=extra,
+            _outputs=outputs,
+            _context=context,
+        )
+        if influence is not None:
+            result.provenance["influence"] = _jsonable(influence.info)
+        self.last_result = result
+        return result
+
+    def prune(self, dataset: datasets.Dataset, ratio: float, seed: Optional[int] = None) -> datasets.Dataset:
+        """Remove a fraction `ratio` of the rows of `dataset`.
+
+        Args:
+            dataset (`datasets.Dataset`): an image classification dataset.
+            ratio (`float`): fraction of rows to remove, in (0, 1).
+            seed (`int`, *optional*): selection seed (default: the config's seed).
+
+        Returns:
+            `datasets.Dataset`: `dataset.select(result.indices)`, every column kept. The scores, kept
+            indices and policy are in `self.last_result`.
+        """
+        _check_ratio(ratio)  # fail before the teacher pass
+        result = self.score(dataset)
+        return result.select(dataset, ratio, seed)
+
+    def _check_classes(self, dataset: datasets.Dataset) -> None:
+        feature = dataset.features.get(self.config.label_column) if dataset.features else None
+        teacher_classes = getattr(self.teacher, "num_classes", None)
+        if isinstance(feature, datasets.ClassLabel) and teacher_classes and feature.num_classes != teacher_classes:
+            raise ValueError(
+                f"The teacher predicts {teacher_classes} classes but column {self.config.label_column!r} has "
+                f"{feature.num_classes} ({feature.names[:5]}...): the teacher does not match the data."
+            )
+
+    def _influence(self, outputs: TeacherOutputs, val_indices: np.ndarray):
+        from .influence import influence_scores
+
+        c = self.config
+        return influence_scores(
+            outputs.features,
+            outputs.logits,
+            outputs.labels,
+            val_indices,
+            alpha=c.alpha,
+            temperature=c.temperature,
+            l2=c.l2,
+            standardize=c.standardize,
+            hessian=c.hessian,
+            exact_max_params=c.exact_max_params,
+            cg_max_iter=c.cg_max_iter,
+            cg_tol=c.cg_tol,
+            fit_max_iter=c.fit_max_iter,
+            fit_subsample=c.fit_subsample,
+            init_head=outputs.head,
+            self_influence=c.score_type == "self-influence",
+            chunk_size=c.stream_chunk_size,
+            seed=c.seed,
+        )
+
+    def _provenance(self, dataset: datasets.Dataset, outputs: TeacherOutputs) -> Dict[str, Any]:
+        info = getattr(dataset, "info", None)
+        return {
+            "teacher": self.teacher_name,
+            "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+            "dataset_name": getattr(info, "dataset_name", None),
+            "dataset_config": getattr(info, "config_name", None),
+            "dataset_split": str(dataset.split) if getattr(dataset, "split", None) is not None else None,
+            "num_rows": len(dataset),
+            "num_classes": outputs.num_classes,
+            "num_features": outputs.num_features,
+            "teacher_outputs_dir": outputs.meta.get("cache_path"),
+            "hf_ifbeta_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+
+def _teacher_name(teacher: nn.Module) -> str:
+    cfg = getattr(teacher, "pretrained_cfg", None) or {}
+    name = cfg.get("hf_hub_id") or cfg.get("architecture") or type(teacher).__name__
+    if cfg.get("tag"):
+        name = f"{name}.{cfg['tag']}"
+    if cfg.get("file"):
+        name = f"{name} ({os.path.basename(cfg['file'])})"
+    return name
+
+
+def _jsonable(x):
+    if x is None:
+        return None
+    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 import numpy as np
 from scipy.special import betaln, logsumexp
 
+from .policy import class_budgets, num_kept
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import PrunerConfig
     from .features import TeacherOutputs
@@ -42,8 +44,6 @@ __all__ = [
     "register_method",
     "get_method",
     "list_methods",
-    "keep_count",
-    "class_budgets",
     "select_per_class",
     "ccs_bin_budgets",
     "ccs_hard_cutoff",
@@ -135,42 +135,10 @@ def get_method(name: str, **kwargs) -> "PruningMethod":
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_ratio(ratio: float) -> None:
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio (the fraction of rows to remove) must be in (0, 1), got {ratio}.")
-
-
-def keep_count(n: int, ratio: float) -> int:
-    """`m = round((1 - ratio) * n)`, the number of kept rows; `ratio` must be in (0, 1) and keep at least one row."""
-    _check_ratio(ratio)
-    m = int(round((1.0 - ratio) * n))
-    if m < 1:
-        raise ValueError(f"ratio={ratio} keeps no row of n={n}: use a smaller ratio.")
-    return m
-
-
-def class_budgets(labels: np.ndarray, m: int) -> np.ndarray:
-    """Per-class keep counts that preserve the class proportions, by largest remainder.
-
-    Args:
-        labels (`np.ndarray`): (n,) non-negative class ids.
-        m (`int`): total rows to keep, 0 <= m <= n.
-
-    Returns:
-        `np.ndarray`: (C,) int64 with C = labels.max() + 1, `sum == m` and `budget[c] <= count[c]`; the rows left
-        over by flooring go to the largest fractional parts (ties: lower class id).
-    """
-    labels = np.asarray(labels)
-    counts = np.bincount(labels).astype(np.int64)  # (C,)
-    n = int(counts.sum())
-    if not 0 <= m <= n:
-        raise ValueError(f"m must be in [0, n={n}], got {m}.")
-    exact = counts * (m / n) if n else counts.astype(np.float64)
-    budgets = np.floor(exact).astype(np.int64)
-    short = m - int(budgets.sum())
-    order = np.lexsort((np.arange(len(counts)), -(exact - budgets)))  # largest remainder first
-    budgets[order[:short]] += 1  # floor(exact) + 1 <= count whenever the remainder is > 0
-    return budgets
+def _rows_by_class(labels: np.ndarray) -> List[np.ndarray]:
+    """Row ids of each class id 0..C-1 (ascending; empty for absent ids), in one O(n log n) pass."""
+    order = np.argsort(labels, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(labels))[:-1])
 
 
 def _groups(labels: np.ndarray, m: int, stratify: bool) -> Iterator[Tuple[np.ndarray, int]]:
@@ -178,9 +146,9 @@ def _groups(labels: np.ndarray, m: int, stratify: bool) -> Iterator[Tuple[np.nda
     if not stratify:
         yield np.arange(len(labels)), m
         return
-    for c, k in enumerate(class_budgets(labels, m)):
+    for rows, k in zip(_rows_by_class(labels), class_budgets(labels, m)):
         if k > 0:
-            yield np.flatnonzero(labels == c), int(k)
+            yield rows, int(k)
 
 
 def select_per_class(
@@ -188,7 +156,8 @@ def select_per_class(
 ) -> np.ndarray:
     """Apply `pick(rows, k) -> kept rows` to each class with its budget (or to all rows), return sorted ids.
 
-    The one place where budgets, stratification and the exact-size check live; every method's rule is a `pick`.
+    The one place where budgets (`hf_ifbeta.policy.class_budgets`), stratification and the exact-size check
+    live; every method's rule is a `pick`.
     """
     kept = [np.asarray(pick(rows, k), dtype=np.int64) for rows, k in _groups(np.asarray(labels), m, stratify)]
     indices = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
@@ -305,7 +274,7 @@ class PruningMethod:
             seed (`int`): seed of any randomness in the rule.
         """
         scores = _check_scores(self.name, outputs, scores)
-        m = keep_count(len(scores), ratio)
+        m = num_kept(len(scores), ratio)
         return Selection(select_per_class(outputs.labels, m, context.config.stratify, _top_k(scores)))
 
     def __repr__(self) -> str:
@@ -325,7 +294,7 @@ class RandomMethod(PruningMethod):
         return np.zeros(len(outputs.labels))
 
     def select(self, outputs, scores, ratio, context, seed=0):
-        m = keep_count(len(outputs.labels), ratio)
+        m = num_kept(len(outputs.labels), ratio)
         rng = np.random.default_rng(seed)
         pick = lambda rows, k: rng.choice(rows, size=k, replace=False)  # noqa: E731
         return Selection(select_per_class(outputs.labels, m, context.config.stratify, pick))
@@ -375,7 +344,8 @@ def ccs_hard_cutoff(ratio: float) -> float:
     0.1 at 70-80 % is our reading of the paper's CIFAR-10 hyper-parameter table, which we could not re-check
     here. Pass `get_method("ccs", beta=...)` to set it explicitly.
     """
-    _check_ratio(ratio)
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio (the fraction of rows to remove) must be in (0, 1), got {ratio}.")
     beta = 0.0
     for threshold, value in CCS_HARD_CUTOFF:
         if ratio >= threshold - 1e-12:
@@ -437,7 +407,7 @@ class CCS(PruningMethod):
 
     def select(self, outputs, scores, ratio, context, seed=0):
         scores = _check_scores(self.name, outputs, scores)
-        m = keep_count(len(scores), ratio)
+        m = num_kept(len(scores), ratio)
         beta = ccs_hard_cutoff(ratio) if self.beta is None else self.beta
         rng = np.random.default_rng(seed)
 
@@ -474,15 +444,16 @@ class Moderate(PruningMethod):
     def score(self, outputs, context):
         labels = np.asarray(outputs.labels)
         out = np.empty(len(labels))
-        for c in np.unique(labels):
-            rows = np.flatnonzero(labels == c)
+        for rows in _rows_by_class(labels):
+            if len(rows) == 0:
+                continue
             h = np.asarray(outputs.features[rows], dtype=np.float32)  # (n_c, d)
             out[rows] = np.linalg.norm(h - np.median(h, axis=0), axis=1)
         return out
 
     def select(self, outputs, scores, ratio, context, seed=0):
         scores = _check_scores(self.name, outputs, scores)
-        m = keep_count(len(scores), ratio)
+        m = num_kept(len(scores), ratio)
 
         def pick(rows: np.ndarray, k: int) -> np.ndarray:
             order = np.argsort(scores[rows], kind="stable")  # nearest to the median first
@@ -534,7 +505,7 @@ class DualBeta(PruningMethod):
 
     def select(self, outputs, scores, ratio, context, seed=0):
         scores = _check_scores(self.name, outputs, scores)
-        m = keep_count(len(scores), ratio)
+        m = num_kept(len(scores), ratio)
         log_p, log_1mp = _teacher_log_probs(outputs, _chunk_size(context))
         hardest = np.argsort(-scores, kind="stable")[: self.num_anchor]
         anchor = float(np.exp(log_p[hardest]).mean())
@@ -616,13 +587,14 @@ class IFBeta(PruningMethod):
         from .policy import BetaPolicy, learn_beta_policy, rank_positions
 
         scores = _check_scores(self.name, outputs, scores)
-        m = keep_count(len(scores), ratio)  # validates ratio before any work
+        m = num_kept(len(scores), ratio)  # validates ratio before any work
         config = context.config
         u = rank_positions(scores, outputs.labels, stratify=config.stratify)  # (n,) in (0, 1), 1 = most helpful
         if config.policy_a is not None and config.policy_b is not None:
             policy = BetaPolicy(float(config.policy_a), float(config.policy_b))
             record = dict(
-                learned=False, history=[], val_loss_learned=None, val_loss_uniform=None, fell_back_to_uniform=False
+                learned=False, history=[], val_loss_learned=None, val_loss_uniform=None, fell_back_to_uniform=False,
+                info={},
             )
         else:
             result = learn_beta_policy(
@@ -652,6 +624,7 @@ class IFBeta(PruningMethod):
                 val_loss_learned=_float_or_none(result.val_loss_learned),
                 val_loss_uniform=_float_or_none(result.val_loss_uniform),
                 fell_back_to_uniform=bool(result.fell_back_to_uniform),
+                info=dict(result.info),
             )
         indices = policy.select(u, ratio, labels=outputs.labels, stratify=config.stratify, seed=seed)
         indices = np.asarray(indices, dtype=np.int64)

@@ -1,24 +1,20 @@
 """Tests of the pruning-method registry: each method's rule on tiny synthetic teacher outputs."""
 
-import importlib
-import sys
-import types
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from hf_ifbeta import scorers
+from hf_ifbeta import policy, scorers
 from hf_ifbeta.config import PrunerConfig
+from hf_ifbeta.policy import class_budgets
 from hf_ifbeta.scorers import (
     PruningMethod,
     ScoringContext,
     Selection,
     ccs_bin_budgets,
     ccs_hard_cutoff,
-    class_budgets,
     get_method,
-    keep_count,
     list_methods,
     register_method,
 )
@@ -74,40 +70,6 @@ def naive_softmax(z):
     return e / e.sum()
 
 
-@pytest.fixture
-def policy(monkeypatch):
-    """`hf_ifbeta.policy` when it exists; otherwise a minimal stand-in written to the contract."""
-    try:
-        return importlib.import_module("hf_ifbeta.policy")
-    except ImportError:
-        pass
-    stub = types.ModuleType("hf_ifbeta.policy")
-
-    def rank_positions(scores, labels=None, stratify=True):
-        u = np.empty(len(scores))
-        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] if stratify else [np.arange(len(scores))]
-        for rows in groups:
-            u[rows[np.argsort(scores[rows], kind="stable")]] = (np.arange(len(rows)) + 0.5) / len(rows)
-        return u
-
-    class BetaPolicy:
-        def __init__(self, a=1.0, b=1.0):
-            self.a, self.b = a, b
-
-        def select(self, u, ratio, labels=None, stratify=True, seed=0):
-            log_w = (self.a - 1) * np.log(u) + (self.b - 1) * np.log1p(-u)
-            rng = np.random.default_rng(seed)
-            pick = lambda rows, k: rows[np.argsort(-(log_w[rows] + rng.gumbel(size=len(rows))))[:k]]  # noqa: E731
-            return scorers.select_per_class(labels, keep_count(len(u), ratio), stratify, pick)
-
-    def learn_beta_policy(*args, **kwargs):
-        raise AssertionError("the stub learner is always monkeypatched in these tests")
-
-    stub.rank_positions, stub.BetaPolicy, stub.learn_beta_policy = rank_positions, BetaPolicy, learn_beta_policy
-    monkeypatch.setitem(sys.modules, "hf_ifbeta.policy", stub)
-    return stub
-
-
 # ---------------------------------------------------------------------------------------------- registry
 
 
@@ -157,7 +119,7 @@ def test_registering_a_method_is_one_class():
 
 @pytest.mark.parametrize("name", BUILTIN)
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7, 0.9])
-def test_exact_budget_sorted_unique_and_stratified(name, ratio, policy, monkeypatch):
+def test_exact_budget_sorted_unique_and_stratified(name, ratio, monkeypatch):
     if name == "if-beta":
         monkeypatch.setattr(policy, "learn_beta_policy", lambda *a, **k: pytest.fail("fixed policy must not learn"))
     outputs = tiny_outputs()
@@ -187,16 +149,9 @@ def test_ratio_outside_unit_interval_is_rejected(name, ratio):
         run(name, tiny_outputs(), ratio)
 
 
-def test_keep_count_and_class_budgets():
-    assert keep_count(50_000, 0.7) == 15_000 and keep_count(10, 0.25) == 8
-    with pytest.raises(ValueError, match="keeps no row"):
-        keep_count(3, 0.9)
-    labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
-    for m in range(11):
-        budgets = class_budgets(labels, m)
-        assert budgets.sum() == m and np.all(budgets <= [5, 3, 2])
-        assert np.all(np.abs(budgets - m * np.array([5, 3, 2]) / 10) < 1)  # within one row of the exact share
-    np.testing.assert_array_equal(class_budgets(labels, 5), [3, 1, 1])  # 2.5, 1.5, 1.0: ties to the lower id
+def test_a_ratio_that_keeps_no_row_is_rejected():
+    with pytest.raises(ValueError, match="keeps 0 of 3 rows"):
+        run("el2n", make_outputs(np.zeros((3, 2)), np.zeros((3, 2)), np.array([0, 1, 1])), 0.9)
 
 
 def test_mismatched_scores_are_rejected():
@@ -396,7 +351,7 @@ def test_influence_methods_say_what_they_need():
         get_method("self-influence").score(outputs, ctx)
 
 
-def test_if_beta_with_a_fixed_policy(policy, monkeypatch):
+def test_if_beta_with_a_fixed_policy(monkeypatch):
     monkeypatch.setattr(policy, "learn_beta_policy", lambda *a, **k: pytest.fail("a fixed policy must not be learned"))
     outputs, infl = tiny_outputs(), stub_influence(120)
     selection, scores = run("if-beta", outputs, 0.7, seed=5, influence=infl, policy_a=8.0, policy_b=1.0)
@@ -411,7 +366,7 @@ def test_if_beta_with_a_fixed_policy(policy, monkeypatch):
     np.testing.assert_array_equal(self_scores, infl.self_influence)
 
 
-def test_if_beta_learns_the_policy_for_the_ratio(policy, monkeypatch):
+def test_if_beta_learns_the_policy_for_the_ratio(monkeypatch):
     calls = []
 
     def fake_learn(features, logits, labels, u, ratio, val_indices, **kwargs):
@@ -419,7 +374,7 @@ def test_if_beta_learns_the_policy_for_the_ratio(policy, monkeypatch):
         history = [{"step": 0, "a": 1.0, "b": 1.0, "val_loss": 0.9}, {"step": 1, "a": 2.5, "b": 1.5, "val_loss": 0.8}]
         return SimpleNamespace(
             policy=policy.BetaPolicy(2.5, 1.5), history=history, val_loss_learned=0.8, val_loss_uniform=0.9,
-            fell_back_to_uniform=False, info={},
+            fell_back_to_uniform=False, info={"steps": 3},
         )
 
     monkeypatch.setattr(policy, "learn_beta_policy", fake_learn)
@@ -435,12 +390,12 @@ def test_if_beta_learns_the_policy_for_the_ratio(policy, monkeypatch):
     assert [h["step"] for h in record.pop("history")] == [0, 1]
     assert record == {
         "a": 2.5, "b": 1.5, "learned": True, "val_loss_learned": 0.8, "val_loss_uniform": 0.9,
-        "fell_back_to_uniform": False,
+        "fell_back_to_uniform": False, "info": {"steps": 3},
     }
     assert len(selection.indices) == 60
 
 
-def test_influence_methods_with_the_real_influence_module(policy):
+def test_influence_methods_with_the_real_influence_module():
     influence = pytest.importorskip("hf_ifbeta.influence")
     outputs = tiny_outputs()
     val = np.arange(0, 120, 6)
@@ -457,3 +412,19 @@ def test_influence_methods_with_the_real_influence_module(policy):
     ctx = ScoringContext(config=PrunerConfig(policy_a=4.0, policy_b=1.0), val_indices=val, influence=infl)
     selection = get_method("if-beta").select(outputs, infl.scores, 0.6, ctx, seed=0)
     assert len(selection.indices) == 48 and selection.policy["a"] == 4.0
+
+
+def test_if_beta_end_to_end_with_the_real_influence_and_policy_learner():
+    influence = pytest.importorskip("hf_ifbeta.influence")
+    outputs = tiny_outputs(n_per_class=(80, 80, 80), seed=5)
+    val = np.arange(0, 240, 8)
+    infl = influence.influence_scores(outputs.features, outputs.logits, outputs.labels, val, fit_max_iter=50)
+    config = PrunerConfig(outer_steps=2, inner_epochs=1.0, inner_batch_size=32, policy_subsample=None)
+    ctx = ScoringContext(config=config, val_indices=val, influence=infl)
+    method = get_method("if-beta")
+    selection = method.select(outputs, method.score(outputs, ctx), 0.5, ctx, seed=0)
+    assert len(selection.indices) == 120
+    record = selection.policy
+    assert record["learned"] is True and len(record["history"]) >= 1
+    assert record["a"] > 0 and record["b"] > 0 and isinstance(record["fell_back_to_uniform"], bool)
+    assert np.isfinite(record["val_loss_learned"]) and np.isfinite(record["val_loss_uniform"])

@@ -388,7 +388,7 @@ class DatasetPruner:
             fit_max_iter=c.fit_max_iter,
             fit_subsample=c.fit_subsample,
             init_head=outputs.head,
-            self_influence=c.score_type == "self-influence",
+            self_influence=self.method.needs_self_influence(c),
             chunk_size=c.stream_chunk_size,
             seed=c.seed,
         )

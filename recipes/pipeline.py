@@ -1,0 +1,176 @@
+"""Prune then distil: the pipeline shared by `distill_cifar.py` and `distill_imagenet.py`.
+
+1. load the train / eval splits (Hub id, local parquet, or local image folders);
+2. prune the training split with the teacher (`DatasetPruner`, any method of the registry);
+3. distil the student on the kept rows (`DistillationTrainer`, the teacher online);
+4. evaluate student and teacher on the eval split, write `results.json`, push when asked.
+"""
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import torch
+from transformers import HfArgumentParser
+
+import hf_ifbeta
+from hf_ifbeta import DatasetPruner, DistillationTrainer, DistillationTrainingArguments, PrunerConfig
+from hf_ifbeta.data import prepare_image_dataset
+from hf_ifbeta.models import load_model
+from hf_ifbeta.trainer import accuracy_metrics
+
+
+@dataclass
+class RecipeArguments:
+    dataset: Optional[str] = field(default=None, metadata={"help": "Hub dataset id (uoft-cs/cifar10, ILSVRC/imagenet-1k); or local files below."})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "Config name of the Hub dataset."})
+    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the Hub dataset (recorded with the subset)."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Local parquet file with the training rows."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Local parquet file with the evaluation rows."})
+    train_dir: Optional[str] = field(default=None, metadata={"help": "Local ImageNet-style folder (one sub-folder per class) for training."})
+    eval_dir: Optional[str] = field(default=None, metadata={"help": "Local ImageNet-style folder for evaluation."})
+    train_split: str = field(default="train", metadata={"help": "Training split of the Hub dataset."})
+    eval_split: str = field(default="test", metadata={"help": "Evaluation split of the Hub dataset (validation for ImageNet)."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (default: the only Image column)."})
+    label_column: str = field(default="label", metadata={"help": "Label column."})
+    teacher: str = field(default="cifar10_resnet56", metadata={"help": "Teacher: timm name (resnet50.a1_in1k), Hub id or local folder."})
+    teacher_checkpoint: Optional[str] = field(default=None, metadata={"help": "Local weights file for the teacher."})
+    student: str = field(default="cifar10_resnet20", metadata={"help": "Student: timm name (trained from scratch unless --student_checkpoint)."})
+    student_checkpoint: Optional[str] = field(default=None, metadata={"help": "Local weights file to start the student from."})
+    prune_method: str = field(default="if-beta", metadata={"help": "Pruning method (hf_ifbeta.list_methods()), or 'none'."})
+    prune_ratio: float = field(default=0.5, metadata={"help": "Fraction of the training rows to remove, in (0, 1)."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate on the first N test rows."})
+    push_subset_to: Optional[str] = field(default=None, metadata={"help": "Hub dataset repo to push the pruned subset to."})
+
+
+def parse_args(argv=None, pruner_defaults=None, **defaults):
+    """(RecipeArguments, PrunerConfig, DistillationTrainingArguments) from the command line.
+
+    `defaults` override field defaults of the recipe and training arguments, `pruner_defaults` those of
+    `PrunerConfig` (a recipe's own settings). `--seed`,
+    `--image_column` and `--label_column` are shared: the training seed also seeds the pruning.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser((RecipeArguments, DistillationTrainingArguments))
+    parser.set_defaults(**defaults)
+    pruner_parser = HfArgumentParser(PrunerConfig, description="Pruner settings (hf_ifbeta.PrunerConfig).")
+    pruner_parser.set_defaults(**(pruner_defaults or {}))
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        pruner_parser.print_help()
+        sys.exit(0)
+    args, training_args, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    (pruner_config,) = pruner_parser.parse_args_into_dataclasses(args=rest)
+    pruner_config.seed = training_args.seed
+    pruner_config.image_column = args.image_column
+    pruner_config.label_column = args.label_column
+    return args, pruner_config, training_args
+
+
+def load_splits(args: RecipeArguments):
+    """(train, eval) splits from local parquet files, local image folders, or the Hub."""
+    if args.train_file:
+        files = {"train": args.train_file, "test": args.test_file or args.train_file}
+        ds = datasets.load_dataset("parquet", data_files=files)
+        train, test = ds["train"], ds["test"]
+    elif args.train_dir:
+        train = datasets.load_dataset("imagefolder", data_dir=args.train_dir, split="train")
+        test = datasets.load_dataset("imagefolder", data_dir=args.eval_dir or args.train_dir, split="train")
+    elif args.dataset:
+        load = dict(path=args.dataset, name=args.dataset_config, revision=args.dataset_revision)
+        train = datasets.load_dataset(**load, split=args.train_split)
+        test = datasets.load_dataset(**load, split=args.eval_split)
+    else:
+        raise ValueError("Give --dataset (a Hub id), --train_file/--test_file (parquet) or --train_dir/--eval_dir (image folders).")
+    if args.max_train_samples:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples:
+        test = test.select(range(min(args.max_eval_samples, len(test))))
+    return train, test
+
+
+def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: DistillationTrainingArguments):
+    """Prune, distil, evaluate student and teacher, write `results.json` (and push when asked)."""
+    torch.manual_seed(training_args.seed)
+
+    # 1. Data and models.
+    train, test = load_splits(args)
+    teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint).eval()
+    # The student predicts the teacher's classes (a timm name alone would give its default head).
+    student = load_model(
+        args.student, checkpoint=args.student_checkpoint, pretrained=args.student_checkpoint is not None,
+        num_classes=getattr(teacher, "num_classes", None) or None,
+    )
+
+    # 2. Prune: one teacher pass, scores for every row, the kept rows at the requested ratio.
+    t0 = time.perf_counter()
+    result = None
+    kept = train
+    if args.prune_method != "none":
+        pruner_config.method = args.prune_method
+        pruner = DatasetPruner(teacher, pruner_config)
+        kept = pruner.prune(train, ratio=args.prune_ratio, seed=training_args.seed)
+        result = pruner.last_result
+        result.provenance["teacher"] = args.teacher
+        if args.dataset:
+            result.provenance["dataset_name"] = args.dataset
+    prune_time = time.perf_counter() - t0
+
+    # 3. Distil on the kept rows; the teacher runs online on the student's augmented batches.
+    image_column = hf_ifbeta.data.find_image_column(train, args.image_column)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=training_args,
+        train_dataset=prepare_image_dataset(kept, student, image_column, args.label_column, train=True),
+        eval_dataset=prepare_image_dataset(test, student, image_column, args.label_column, train=False),
+        compute_metrics=accuracy_metrics,
+    )
+    t1 = time.perf_counter()
+    trainer.train()
+    kd_time = time.perf_counter() - t1
+    student_metrics = trainer.evaluate()
+    # The teacher's own accuracy on the same test rows, with its own eval transform.
+    teacher_metrics = DistillationTrainer(
+        model=teacher, teacher_model=teacher, args=training_args,
+        eval_dataset=prepare_image_dataset(test, teacher, image_column, args.label_column, train=False),
+    ).evaluate()
+
+    # 4. Report (and share).
+    summary = {
+        "teacher": args.teacher,
+        "student": args.student,
+        "prune_method": args.prune_method,
+        "prune_ratio": args.prune_ratio if result is not None else 0.0,
+        "train_rows": len(train),
+        "kept_rows": len(kept),
+        "policy": {k: result.policy[k] for k in ("a", "b") if result is not None and result.policy and k in result.policy},
+        "prune_time_s": round(prune_time, 1),
+        "kd_time_s": round(kd_time, 1),
+        "epochs": training_args.num_train_epochs,
+        "student_test_accuracy": student_metrics.get("eval_accuracy"),
+        "teacher_test_accuracy": teacher_metrics.get("eval_accuracy"),
+    }
+    if trainer.is_world_process_zero():
+        out = Path(training_args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(summary, indent=2))
+        if result is not None:
+            result.save(out / "pruning")
+        print(json.dumps(summary, indent=2))
+        print(
+            f"student {args.student}: {100 * summary['student_test_accuracy']:.2f} % test top-1 | "
+            f"teacher {args.teacher}: {100 * summary['teacher_test_accuracy']:.2f} % "
+            f"({len(kept)} of {len(train)} rows, {args.prune_method}, {training_args.num_train_epochs} epochs)"
+        )
+    if args.push_subset_to and result is not None:
+        result.push_to_hub(args.push_subset_to, source_dataset=args.dataset, source_revision=args.dataset_revision)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return summary
+

@@ -1,0 +1,113 @@
+"""Hub sharing, offline: the folders a push would upload are written, loaded back and checked; the
+upload calls are exercised up to the network with `HfApi` replaced by a recorder."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import hf_ifbeta  # noqa: F401
+from hf_ifbeta import DatasetPruner, load_pruned_dataset
+from hf_ifbeta import hub as hub_mod
+from hf_ifbeta.hub import load_pruning_result, push_pruning_result, push_student, save_pruning_result_for_hub, save_student_for_hub
+
+from factories import tiny_image_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_ds():
+    return tiny_image_dataset(n=60)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_ds, tmp_path_factory):
+    torch.manual_seed(0)
+    teacher = timm.create_model("cifar10_resnet20", num_classes=4, pretrained_cfg_overlay=dict(input_size=(3, 16, 16)))
+    pruner = DatasetPruner(teacher, method="el2n", cache_dir=str(tmp_path_factory.mktemp("cache")))
+    res = pruner.score(tiny_ds)
+    res.select_indices(0.5, seed=3)
+    return res
+
+
+class RecordingApi:
+    """Stands in for `huggingface_hub.HfApi`: records what would be uploaded, touches no network."""
+
+    calls = []
+
+    def __init__(self, token=None, **kwargs):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        RecordingApi.calls.append(("create_repo", repo_id, kwargs))
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        files = sorted(p.name for p in __import__("pathlib").Path(folder_path).rglob("*") if p.is_file())
+        readme = (__import__("pathlib").Path(folder_path) / "README.md").read_text()
+        RecordingApi.calls.append(("upload_folder", repo_id, {**kwargs, "files": files, "readme": readme}))
+        return "commit-info"
+
+
+def test_light_subset_folder_loads_back_into_the_kept_rows(result, tiny_ds, tmp_path):
+    folder = save_pruning_result_for_hub(result, tmp_path / "subset", source_dataset="me/tiny", source_revision="abc123")
+    card = (folder / "README.md").read_text()
+    assert "me/tiny" in card and "abc123" in card and "el2n" in card and "source_datasets" in card
+    assert json.loads((folder / "source.json").read_text())["revision"] == "abc123"
+    subset = load_pruned_dataset(folder, dataset=tiny_ds)
+    assert subset["row_id"] == tiny_ds.select(result.indices)["row_id"]
+    loaded = load_pruning_result(folder)
+    assert np.array_equal(loaded.indices, result.indices) and loaded.seed == 3
+
+
+def test_materialised_subset_loads_without_the_source(result, tiny_ds, tmp_path):
+    folder = save_pruning_result_for_hub(result, tmp_path / "subset", dataset=tiny_ds, materialize=True)
+    subset = load_pruned_dataset(folder)
+    assert len(subset) == len(result.indices) == 30
+    assert subset["row_id"] == tiny_ds.select(result.indices)["row_id"]
+
+
+def test_loading_against_the_wrong_source_is_refused(result, tiny_ds, tmp_path):
+    folder = save_pruning_result_for_hub(result, tmp_path / "subset")
+    with pytest.raises(ValueError, match="60 rows"):
+        load_pruned_dataset(folder, dataset=tiny_ds.select(range(50)))
+    with pytest.raises(ValueError, match="pass dataset="):
+        load_pruned_dataset(folder)  # scored on local data: no Hub source to fetch
+
+
+def test_push_subset_stops_at_the_network(result, monkeypatch):
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub_mod, "HfApi", RecordingApi)
+    assert result.push_to_hub("me/tiny-el2n-r0.5", source_dataset="me/tiny", private=True) == "commit-info"
+    (create, repo, kwargs), (upload, repo2, up) = RecordingApi.calls
+    assert create == "create_repo" and kwargs["repo_type"] == "dataset" and kwargs["private"] is True
+    assert upload == "upload_folder" and repo2 == "me/tiny-el2n-r0.5" and up["repo_type"] == "dataset"
+    assert {"README.md", "indices.npy", "scores.npy", "pruning_result.json", "source.json"} <= set(up["files"])
+
+
+def test_push_happens_on_the_main_process_only(result, monkeypatch):
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub_mod, "HfApi", RecordingApi)
+    monkeypatch.setattr(hub_mod, "_is_main_process", lambda: False)
+    assert push_pruning_result(result, "me/x") is None
+    assert push_student(torch.nn.Linear(2, 2), "me/y") is None
+    assert RecordingApi.calls == []
+
+
+def test_student_folder_loads_back_with_timm(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    student = timm.create_model("cifar10_resnet20")
+    folder = save_student_for_hub(
+        student, tmp_path / "student", teacher="cifar10_resnet56", subset="me/cifar10-ifbeta-r0.3",
+        kd_settings={"alpha": 0.9, "temperature": 4.0}, metrics={"accuracy": 0.8}, dataset="uoft-cs/cifar10",
+    )
+    card = (folder / "README.md").read_text()
+    assert "cifar10_resnet56" in card and "me/cifar10-ifbeta-r0.3" in card and "temperature" in card
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded(x), student.eval()(x), atol=1e-6)
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub_mod, "HfApi", RecordingApi)
+    push_student(student, "me/resnet20-kd", teacher="cifar10_resnet56")
+    assert {"README.md", "config.json", "model.safetensors"} <= set(RecordingApi.calls[1][2]["files"])

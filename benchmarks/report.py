@@ -1,0 +1,140 @@
+"""Table and plots of the KD sweep, made from the committed JSONL only.
+
+    python benchmarks/report.py benchmarks/results/kd_sweep_cpu.jsonl
+
+Prints the table, writes `<stem>_summary.json`, `<stem>_accuracy.png`, `<stem>_policies.png` next to
+the JSONL, and refreshes the block between the `<!-- sweep-table -->` markers in docs/results.md.
+"""
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "results.md"
+START, END = "<!-- sweep-table:start -->", "<!-- sweep-table:end -->"
+ORDER = ["if-beta", "influence", "random", "el2n", "entropy", "ccs", "moderate", "dual-beta", "self-influence"]
+
+
+def load(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarise(rows):
+    """Per (method, ratio): mean, spread, seeds, paired difference to random on the same seeds, timings."""
+    cells = defaultdict(dict)
+    for r in rows:
+        cells[(r["method"], r["ratio"])][r["seed"]] = r
+    summary = []
+    for (method, ratio), by_seed in sorted(cells.items(), key=lambda kv: (kv[0][1], _rank(kv[0][0]))):
+        acc = np.array([r["test_top1"] for r in by_seed.values()])
+        random = cells.get(("random", ratio), {})
+        paired = [by_seed[s]["test_top1"] - random[s]["test_top1"] for s in by_seed if s in random]
+        policies = [r["policy"] for r in by_seed.values() if r.get("policy") and "a" in r["policy"]]
+        summary.append(
+            {
+                "method": method,
+                "ratio": ratio,
+                "seeds": sorted(by_seed),
+                "top1_mean": float(acc.mean()),
+                "top1_std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
+                "top1_min": float(acc.min()),
+                "top1_max": float(acc.max()),
+                "paired_diff_vs_random": float(np.mean(paired)) if paired and method != "random" else None,
+                "paired_seeds": len(paired) if method != "random" else 0,
+                "prune_time_s": float(np.mean([r["prune_time_s"] for r in by_seed.values()])),
+                "kd_time_s": float(np.mean([r["kd_time_s"] for r in by_seed.values()])),
+                "policies": [{"a": p["a"], "b": p["b"], "fell_back": p.get("fell_back_to_uniform")} for p in policies],
+            }
+        )
+    return summary
+
+
+def _rank(method):
+    return ORDER.index(method) if method in ORDER else len(ORDER)
+
+
+def table(summary, profile) -> str:
+    lines = [
+        f"Profile `{profile}`. Test top-1 (%) of a ResNet-20 student distilled from scratch on the kept rows; "
+        "mean ± sample std over seeds (n = number of seeds); Δ = mean paired difference to random on the same seeds.",
+        "",
+        "| method | ratio | kept | top-1 | n | Δ vs random | (a, b) | prune s | KD s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summary:
+        spread = f" ± {s['top1_std']:.2f}" if s["top1_std"] is not None else ""
+        diff = f"{s['paired_diff_vs_random']:+.2f} ({s['paired_seeds']})" if s["paired_diff_vs_random"] is not None else ""
+        ab = ", ".join(f"({p['a']:.2f}, {p['b']:.2f})" for p in s["policies"])
+        kept = "100 %" if s["ratio"] == 0 else f"{100 * (1 - s['ratio']):.0f} %"
+        lines.append(
+            f"| {s['method']} | {s['ratio']} | {kept} | {s['top1_mean']:.2f}{spread} | {len(s['seeds'])} | {diff} | {ab} | "
+            f"{s['prune_time_s']:.0f} | {s['kd_time_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plots(summary, stem: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    full = [s for s in summary if s["method"] == "full"]
+    for s in full:
+        ax.axhline(s["top1_mean"], color="k", ls="--", lw=1, label="full data, KD")
+    for method in sorted({s["method"] for s in summary if s["ratio"] > 0}, key=_rank):
+        pts = sorted((s for s in summary if s["method"] == method and s["ratio"] > 0), key=lambda s: s["ratio"])
+        ax.errorbar(
+            [s["ratio"] for s in pts], [s["top1_mean"] for s in pts],
+            yerr=[s["top1_std"] or 0 for s in pts], marker="o", capsize=3, label=method,
+        )
+    ax.set(xlabel="pruning ratio (fraction removed)", ylabel="student test top-1 (%)", title="KD on the kept rows")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{stem}_accuracy.png", dpi=120)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    from scipy.stats import beta as beta_dist
+
+    grid = np.linspace(0.005, 0.995, 199)
+    for s in summary:
+        if s["method"] != "if-beta":
+            continue
+        for k, p in enumerate(s["policies"]):
+            ax.plot(grid, beta_dist.pdf(grid, p["a"], p["b"]), color=f"C{int(10 * s['ratio']) % 10}",
+                    alpha=0.9 if k == 0 else 0.5, label=f"ratio {s['ratio']}: Beta({p['a']:.2f}, {p['b']:.2f})")
+    ax.axhline(1, color="k", ls="--", lw=1, label="uniform (random)")
+    ax.set(xlabel="class-wise influence rank position u (1 = most helpful)", ylabel="sampling density",
+           title="learned IF-Beta policies", ylim=(0, 4))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"{stem}_policies.png", dpi=120)
+
+
+def report(path):
+    path = Path(path)
+    rows = load(path)
+    profile = rows[0]["profile"] if rows else path.stem
+    summary = summarise(rows)
+    stem = path.with_suffix("")
+    Path(f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
+    text = table(summary, profile)
+    print(text)
+    if summary:
+        plots(summary, stem)
+    if DOC.exists():
+        doc = DOC.read_text()
+        if START in doc and END in doc:
+            head, rest = doc.split(START, 1)
+            _, tail = rest.split(END, 1)
+            DOC.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    return summary
+
+
+if __name__ == "__main__":
+    report(sys.argv[1] if len(sys.argv) > 1 else ROOT / "benchmarks/results/kd_sweep_cpu.jsonl")

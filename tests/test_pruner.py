@@ -122,7 +122,7 @@ def test_teacher_with_other_classes_is_refused(make_pruner, tiny_ds):
 
 
 def test_labels_outside_teacher_classes_name_the_row(make_pruner, tiny_ds):
-    labels = tiny_ds["label"]
+    labels = list(tiny_ds["label"])
     labels[17] = 9
     ds = tiny_ds.cast_column("label", datasets.Value("int64")).remove_columns("label").add_column("label", labels)
     with pytest.raises(ValueError, match="Row 17"):

@@ -2,9 +2,9 @@
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-__all__ = ["PrunerConfig"]
+__all__ = ["DistillationTrainingArguments", "PrunerConfig"]
 
 HESSIAN_MODES = ("auto", "exact", "kfac")
 SCORE_TYPES = ("influence", "self-influence")
@@ -129,3 +129,75 @@ class PrunerConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _define_distillation_training_arguments():
+    """Build `DistillationTrainingArguments` on first use.
+
+    It subclasses `transformers.TrainingArguments`, and importing transformers costs about a second;
+    defining the class lazily keeps `PrunerConfig` (used by the pruner and the CLI) cheap to import.
+    The class still lives at `hf_ifbeta.config.DistillationTrainingArguments`, so it pickles (the
+    Trainer saves its arguments with `torch.save`) and `HfArgumentParser` reads its help.
+    """
+    from transformers import TrainingArguments
+
+    @dataclass
+    class DistillationTrainingArguments(TrainingArguments):
+        """`transformers.TrainingArguments` plus the knowledge-distillation loss of `DistillationTrainer`.
+
+        The loss is `alpha * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)) + (1 - alpha) * CE`
+        (`hf_ifbeta.losses.kd_loss`). Defaults differ from `TrainingArguments` where image
+        classification needs it: `remove_unused_columns=False` (a timm model's `forward(x)` names no
+        column, so the Trainer would drop them all), `label_names=["labels"]` and
+        `ddp_find_unused_parameters=False`.
+
+        Example:
+        ```python
+        >>> args = DistillationTrainingArguments(output_dir="out", temperature=4.0, alpha=0.9,
+        ...                                      per_device_train_batch_size=128, num_train_epochs=15)
+        ```
+        """
+
+        temperature: float = field(
+            default=4.0, metadata={"help": "KD softmax temperature tau, > 0 (the KL term is scaled by tau^2)."}
+        )
+        alpha: float = field(
+            default=0.9,
+            metadata={"help": "Weight of the KD term in [0, 1]; the cross-entropy on the labels gets 1 - alpha."},
+        )
+        remove_unused_columns: bool = field(
+            default=False,
+            metadata={
+                "help": "Drop dataset columns the model's forward does not name. Off: image datasets feed "
+                "`pixel_values` through a transform, and timm models take a positional input."
+            },
+        )
+        label_names: Optional[List[str]] = field(
+            default_factory=lambda: ["labels"],
+            metadata={"help": "Keys of the batch that hold the labels (the collator writes `labels`)."},
+        )
+        ddp_find_unused_parameters: Optional[bool] = field(
+            default=False,
+            metadata={
+                "help": "DDP's find_unused_parameters. Off: an image classifier uses all its parameters, and the "
+                "Trainer would otherwise turn it on for every non-transformers model (an extra graph traversal "
+                "per step)."
+            },
+        )
+
+        def __post_init__(self):
+            if not self.temperature > 0:  # also rejects NaN
+                raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+            if not 0.0 <= self.alpha <= 1.0:
+                raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
+            super().__post_init__()
+
+    DistillationTrainingArguments.__qualname__ = "DistillationTrainingArguments"
+    return DistillationTrainingArguments
+
+
+def __getattr__(name):
+    if name == "DistillationTrainingArguments":
+        cls = globals()[name] = _define_distillation_training_arguments()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

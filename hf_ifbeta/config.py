@@ -94,7 +94,8 @@ class PrunerConfig:
     )
     inner_lr: float = field(default=0.1, metadata={"help": "Learning rate of the inner proxy fit."})
     policy_subsample: Optional[int] = field(
-        default=10_000, metadata={"help": "Rows (stratified) the bilevel problem is solved on; None uses all rows."}
+        default=4_000,
+        metadata={"help": "Rows (stratified) the bilevel problem is solved on; cost grows with its square. None: all rows."},
     )
 
     seed: int = field(default=0, metadata={"help": "Seed of the validation split, subsamples and sampling."})

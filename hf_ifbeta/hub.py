@@ -27,6 +27,7 @@ __all__ = [
     "push_student",
     "save_pruning_result_for_hub",
     "save_student_for_hub",
+    "write_student_card",
 ]
 
 SUBSET_DATA_DIR = "data"
@@ -215,7 +216,7 @@ def load_pruned_dataset(
 
 
 # ---------------------------------------------------------------------------- students
-def save_student_for_hub(
+def write_student_card(
     model: nn.Module,
     save_directory: Union[str, os.PathLike],
     teacher: Optional[str] = None,
@@ -224,21 +225,25 @@ def save_student_for_hub(
     metrics: Optional[Dict[str, float]] = None,
     dataset: Optional[str] = None,
 ) -> Path:
-    """Write a timm student as `config.json` + weights + a model card recording how it was distilled.
+    """Write `README.md` (model card) and `distillation.json`: how the student was distilled.
 
-    The folder loads back with `timm.create_model("local-dir:<folder>")` (or `"hf-hub:<repo>"` once pushed).
+    Args:
+        model (`nn.Module`): the student.
+        save_directory (`str`): the folder (already holding the weights, or about to).
+        teacher (`str`, *optional*): the teacher's name or Hub id.
+        subset (`str`, *optional*): the pruned subset it was trained on (Hub repo id or description).
+        kd_settings (`dict`, *optional*): alpha, temperature, epochs, learning rate, ...
+        metrics (`dict`, *optional*): evaluation results.
+        dataset (`str`, *optional*): the source dataset.
     """
-    from timm.models import save_for_hf
-
     path = Path(save_directory)
-    save_for_hf(model, str(path), safe_serialization=True)
+    path.mkdir(parents=True, exist_ok=True)
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
     card_data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-classification",
         tags=["image-classification", "timm", "knowledge-distillation", "hf_ifbeta"],
         datasets=[dataset] if dataset else None,
-        base_model=None,
     )
     rows = {"architecture": arch, "teacher": teacher, "training subset": subset, "dataset": dataset}
     rows.update({f"KD {k}": v for k, v in (kd_settings or {}).items()})
@@ -267,6 +272,17 @@ model = timm.create_model("hf-hub:<this repo>", pretrained=True)
         json.dumps({"teacher": teacher, "subset": subset, "kd": kd_settings, "metrics": metrics, "dataset": dataset}, indent=2, default=str)
     )
     return path
+
+
+def save_student_for_hub(model: nn.Module, save_directory: Union[str, os.PathLike], **card_kwargs) -> Path:
+    """Write a timm student as `config.json` + `model.safetensors` + a model card (`write_student_card`).
+
+    The folder loads back with `timm.create_model("local-dir:<folder>")` (or `"hf-hub:<repo>"` once pushed).
+    """
+    from timm.models import save_for_hf
+
+    save_for_hf(model, str(save_directory), safe_serialization=True)
+    return write_student_card(model, save_directory, **card_kwargs)
 
 
 def push_student(

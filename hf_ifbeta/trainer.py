@@ -8,6 +8,7 @@ transformers image classifiers (`model(pixel_values=x).logits`).
 
 import inspect
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -232,6 +233,52 @@ class DistillationTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach().float(), labels
+
+    # ---- saving and sharing ----
+
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[Dict] = None) -> None:
+        """Save as transformers does, plus timm's `config.json` for a timm student, so that the folder (and a
+        pushed repo) loads with `timm.create_model("local-dir:<folder>")` / `"hf-hub:<repo>"`."""
+        super()._save(output_dir, state_dict)
+        student = self.accelerator.unwrap_model(self.model)
+        if getattr(student, "pretrained_cfg", None) and self.args.should_save:
+            from timm.models._hub import save_config_for_hf
+
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            save_config_for_hf(student, os.path.join(output_dir, "config.json"))
+
+    def create_model_card(
+        self,
+        teacher: Optional[str] = None,
+        subset: Optional[str] = None,
+        dataset: Optional[Union[str, List[str]]] = None,
+        **kwargs,
+    ) -> None:
+        """A model card recording the teacher, the training subset and the KD settings (timm students);
+        transformers models get transformers' card. `trainer.push_to_hub(teacher=..., subset=...)` passes
+        these through."""
+        student = self.accelerator.unwrap_model(self.model)
+        if not getattr(student, "pretrained_cfg", None):
+            return super().create_model_card(dataset=dataset, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        from .hub import write_student_card
+
+        teacher = teacher or (getattr(self.teacher_model, "pretrained_cfg", None) or {}).get("architecture")
+        evals = [log for log in self.state.log_history if "eval_accuracy" in log]
+        kd = {
+            "alpha": self.args.alpha,
+            "temperature": self.args.temperature,
+            "epochs": self.args.num_train_epochs,
+            "learning_rate": self.args.learning_rate,
+            "optimizer": str(self.args.optim),
+            "train_batch_size": self.args.per_device_train_batch_size * self.args.world_size,
+        }
+        write_student_card(
+            student, self.args.output_dir, teacher=teacher, subset=subset, kd_settings=kd,
+            metrics={"accuracy": evals[-1]["eval_accuracy"]} if evals else None,
+            dataset=dataset if isinstance(dataset, str) else None,
+        )
 
     # ---- logging ----
 

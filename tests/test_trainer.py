@@ -441,3 +441,32 @@ def test_two_processes(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["eval_samples"] == metrics["eval_set_size"] == 30
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["metrics.json", "rank0.json", "rank1.json"]
+
+
+def test_saved_and_pushed_student_loads_with_timm_and_carries_its_card(tmp_path, monkeypatch):
+    """`save_model` writes timm's config.json next to the weights; `push_to_hub` uploads the folder with a KD card."""
+    import huggingface_hub
+
+    from hf_ifbeta import DistillationTrainer, DistillationTrainingArguments
+
+    torch.manual_seed(0)
+    student = timm.create_model("cifar10_resnet20", num_classes=3)
+    teacher = timm.create_model("cifar10_resnet20", num_classes=3)
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    trainer.save_model()
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded(x), student.eval()(x), atol=1e-6)
+
+    uploads = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **k: type("R", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "upload_folder",
+        lambda self, **k: uploads.append(sorted(p.name for p in __import__("pathlib").Path(k["folder_path"]).iterdir())),
+    )
+    args.hub_model_id = "me/resnet20-kd"
+    trainer.push_to_hub(subset="me/cifar10-ifbeta-r0.3", teacher="cifar10_resnet56")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "cifar10_resnet56" in card and "me/cifar10-ifbeta-r0.3" in card and "temperature" in card
+    assert uploads and {"README.md", "config.json", "model.safetensors"} <= set(uploads[-1])

@@ -568,7 +568,9 @@ class IFBeta(PruningMethod):
     Scores are the influence (`config.score_type == "influence"`) or self-influence. `rank_positions` turns
     them into u (within each class when `config.stratify`); (a, b) is learned for this ratio by
     `learn_beta_policy` (bilevel, on the proxy head's validation KD loss), or fixed to
-    `(config.policy_a, config.policy_b)` when both are set; `BetaPolicy.select` draws the kept rows.
+    `(config.policy_a, config.policy_b)` when both are set; `BetaPolicy.select` draws the kept rows. Above
+    `policy_scale.MAX_HEAD_PARAMS` head parameters (ImageNet) the bilevel problem is solved on a reduced copy
+    (a class subset, projected features): `hf_ifbeta.policy_scale.learn_beta_policy_at_scale`.
     `Selection.policy` records a, b, whether they were learned, the outer-loop history, the validation losses
     of the learned and uniform policies and whether the learner fell back to uniform.
     """
@@ -584,7 +586,8 @@ class IFBeta(PruningMethod):
         return np.asarray(_influence(context, self.name).scores)
 
     def select(self, outputs, scores, ratio, context, seed=0):
-        from .policy import BetaPolicy, learn_beta_policy, rank_positions
+        from .policy import BetaPolicy, rank_positions
+        from .policy_scale import learn_beta_policy_at_scale
 
         scores = _check_scores(self.name, outputs, scores)
         m = num_kept(len(scores), ratio)  # validates ratio before any work
@@ -597,7 +600,8 @@ class IFBeta(PruningMethod):
                 info={},
             )
         else:
-            result = learn_beta_policy(
+            # learn_beta_policy, on a reduced copy of the problem for large heads (ImageNet): see policy_scale.
+            result = learn_beta_policy_at_scale(
                 outputs.features,
                 outputs.logits,
                 outputs.labels,
@@ -616,6 +620,7 @@ class IFBeta(PruningMethod):
                 stratify=config.stratify,
                 seed=seed,
                 device=context.device,
+                chunk_size=config.stream_chunk_size,
             )
             policy = result.policy
             record = dict(

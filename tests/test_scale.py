@@ -1,0 +1,200 @@
+"""ImageNet-scale code paths on problems small enough to check: the streamed EK-FAC-CG path on a fit subsample
+against the exact in-memory path, chunk sizes that must not change the kept rows, bounded resident memory while
+streaming a memory-mapped cache, and the reduced bilevel problem of `hf_ifbeta.policy_scale`."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr
+
+from hf_ifbeta import policy_scale
+from hf_ifbeta.config import PrunerConfig
+from hf_ifbeta.features import TeacherOutputs
+from hf_ifbeta.influence import _Data, _read_rows, influence_scores
+from hf_ifbeta.policy import learn_beta_policy, rank_positions
+from hf_ifbeta.policy_scale import learn_beta_policy_at_scale, random_projection
+from hf_ifbeta.pruner import validation_split
+from hf_ifbeta.scorers import ScoringContext, get_method
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small tensors on a shared CPU; also makes float32 reductions run in one fixed order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def teacher_outputs(n=3000, d=24, num_classes=10, flip=0.1, seed=0):
+    """ImageNet-like in miniature: relu'd class blobs, logits of a noisy linear teacher head, some flipped labels."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=(num_classes, d)) * 0.8
+    y = rng.integers(0, num_classes, n)
+    h = np.maximum(0.5 + mu[y] + rng.normal(size=(n, d)), 0.0)
+    weight, bias = 1.2 * mu, 0.1 * rng.normal(size=num_classes)
+    z = h @ weight.T + bias + rng.normal(size=(n, num_classes))
+    flipped = rng.random(n) < flip
+    y = np.where(flipped, (y + rng.integers(1, num_classes, n)) % num_classes, y)
+    return TeacherOutputs(
+        features=h.astype(np.float32), logits=z.astype(np.float32), labels=y.astype(np.int64),
+        head=(weight.astype(np.float32), bias.astype(np.float32)), meta={"features_dtype": "float32"},
+    )  # fmt: skip
+
+
+def on_disk(outputs: TeacherOutputs, path) -> TeacherOutputs:
+    """The outputs as the teacher pass leaves them: float16 features, saved, then memory-mapped back."""
+    TeacherOutputs(
+        features=outputs.features.astype(np.float16), logits=outputs.logits, labels=outputs.labels,
+        head=outputs.head, meta={"features_dtype": "float16"},
+    ).save(path)  # fmt: skip
+    loaded = TeacherOutputs.load(path)
+    assert isinstance(loaded.features, np.memmap) and loaded.features.dtype == np.float16
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Influence: the scale path against the exact path
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_streamed_kfac_on_a_fit_subsample_agrees_with_the_exact_in_memory_path(tmp_path):
+    outputs = teacher_outputs()
+    val = validation_split(outputs.labels, 0.1, 2000, seed=0)
+    exact = influence_scores(outputs.features, outputs.logits, outputs.labels, val, hessian="exact")
+    cached = on_disk(outputs, tmp_path / "cache")
+    scale = influence_scores(
+        cached.features, cached.logits, cached.labels, val, hessian="kfac", fit_subsample=1500, chunk_size=256,
+        init_head=cached.head,
+    )  # fmt: skip
+    assert exact.info["hessian"] == "exact" and exact.info["n_fit"] == 3000 - len(val)
+    assert scale.info["hessian"] == "kfac" and scale.info["n_fit"] == 1500
+    assert scale.info["residual"] <= 1e-4
+    r = pearsonr(exact.scores, scale.scores)[0]
+    assert r >= 0.9, f"Pearson {r:.3f} between the scale path and the exact path"
+
+
+@pytest.mark.parametrize("method", ["influence", "if-beta", "if-beta-reduced"])
+def test_chunk_size_does_not_change_the_kept_rows(tmp_path, monkeypatch, method):
+    if method == "if-beta-reduced":  # force the reduced bilevel problem: 5 of 10 classes, features 24 -> 8
+        monkeypatch.setattr(policy_scale, "MAX_HEAD_PARAMS", 0)
+        monkeypatch.setattr(policy_scale, "PROJECTION_DIM", 8)
+        monkeypatch.setattr(policy_scale, "MAX_CLASSES", 5)
+    outputs = on_disk(teacher_outputs(n=5000), tmp_path / "cache")
+    kept = []
+    for chunk_size in (97, 3072):  # read 1,024 rows at a time (the minimum) or 3,072
+        config = PrunerConfig(
+            method=method.replace("-reduced", ""), hessian="kfac", fit_subsample=1200, stream_chunk_size=chunk_size,
+            outer_steps=3, policy_subsample=600,
+        )  # fmt: skip
+        val = validation_split(outputs.labels, config.val_fraction, config.val_max_per_class, config.seed)
+        influence = influence_scores(
+            outputs.features, outputs.logits, outputs.labels, val, hessian="kfac", fit_subsample=1200,
+            chunk_size=chunk_size, init_head=outputs.head,
+        )  # fmt: skip
+        pruning = get_method(config.method)
+        context = ScoringContext(config=config, val_indices=val, influence=influence)
+        selection = pruning.select(outputs, pruning.score(outputs, context), 0.3, context, seed=0)
+        if method != "influence":
+            reduced = selection.policy["info"].get("reduced")
+            assert (reduced is not None) == (method == "if-beta-reduced")
+        kept.append(selection.indices)
+    assert len(kept[0]) == 3500
+    np.testing.assert_array_equal(kept[0], kept[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memory: streaming a memory-mapped cache
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rss_file_bytes() -> int:
+    """Memory-mapped file pages resident in this process (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("/proc/self/status has no RssFile (not Linux)")
+
+
+def test_streaming_a_memmap_keeps_its_pages_out_of_the_resident_set(tmp_path):
+    n, d = 16384, 2048  # 64 MiB of float16
+    mm = np.lib.format.open_memmap(tmp_path / "features.npy", "w+", np.float16, (n, d))
+    for s in range(0, n, 4096):
+        mm[s : s + 4096] = np.random.default_rng(s).standard_normal((4096, d)).astype(np.float16)
+    mm.flush()
+    del mm
+    features = np.load(tmp_path / "features.npy", mmap_mode="r")
+    logits = np.zeros((n, 3), np.float32)
+    data = _Data(features, logits, np.zeros(n, np.int64), 1024, torch.device("cpu"), torch.float32)
+
+    before = _rss_file_bytes()
+    peak, total = before, 0.0
+    for s in range(0, n, 1024):
+        total += float(data.load(np.arange(s, s + 1024)).x[:, :-1].sum())
+        peak = max(peak, _rss_file_bytes())
+    assert peak - before < 16 * 2**20, f"streaming grew the mapped resident set by {(peak - before) / 2**20:.0f} MiB"
+    assert np.isfinite(total)
+
+    # The check can fail: plain reads of the same memmap keep every page resident.
+    features = np.load(tmp_path / "features.npy", mmap_mode="r")
+    before = _rss_file_bytes()
+    for s in range(0, n, 1024):
+        np.array(features[s : s + 1024])
+    assert _rss_file_bytes() - before > 48 * 2**20
+
+    # Gathers (sorted row ids) are released too, and return what plain indexing returns.
+    rows = np.sort(np.random.default_rng(0).choice(n, 300, replace=False))
+    np.testing.assert_array_equal(_read_rows(features, rows), np.asarray(features[rows]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reduced bilevel problem
+# ---------------------------------------------------------------------------------------------------------
+
+
+def policy_problem(n=1500, d=16, num_classes=6, seed=0):
+    outputs = teacher_outputs(n=n, d=d, num_classes=num_classes, seed=seed)
+    u = rank_positions(np.random.default_rng(seed).normal(size=n), outputs.labels)
+    val = validation_split(outputs.labels, 0.15, 2000, seed=0)
+    return outputs, u, val
+
+
+def test_reduced_path_without_reduction_is_the_plain_path():
+    outputs, u, val = policy_problem()
+    kwargs = dict(outer_steps=4, subsample=None, val_subsample=None, seed=1)
+    plain = learn_beta_policy(outputs.features, outputs.logits, outputs.labels, u, 0.5, val, **kwargs)
+    reduced = learn_beta_policy_at_scale(
+        outputs.features, outputs.logits, outputs.labels, u, 0.5, val, max_head_params=0, projection_dim=16,
+        max_classes=6, **kwargs,
+    )  # fmt: skip
+    info = reduced.info["reduced"]
+    assert (info["classes"], info["projection_dim"], info["inner_lr"]) == (6, 16, 0.1)
+    assert info["train_rows"] == 1500 - len(val) and info["val_rows"] == len(val)
+    for p, r in zip(plain.history, reduced.history):
+        np.testing.assert_allclose([r["a"], r["b"], r["loss"]], [p["a"], p["b"], p["loss"]], rtol=1e-3)
+
+
+def test_reduced_path_reads_only_its_classes_and_rows(tmp_path):
+    outputs, u, val = policy_problem(n=3000, d=32, num_classes=12)
+    cached = on_disk(outputs, tmp_path / "cache")
+    kwargs = dict(outer_steps=3, subsample=400, val_subsample=100, seed=0, max_head_params=100, projection_dim=8,
+                  max_classes=4)  # fmt: skip
+    first = learn_beta_policy_at_scale(cached.features, cached.logits, cached.labels, u, 0.3, val, **kwargs)
+    again = learn_beta_policy_at_scale(cached.features, cached.logits, cached.labels, u, 0.3, val, chunk_size=7, **kwargs)
+    info = first.info["reduced"]
+    assert (info["classes"], info["of_classes"], info["projection_dim"], info["of_features"]) == (4, 12, 8, 32)
+    assert (info["train_rows"], info["val_rows"]) == (400, 100)
+    assert info["inner_lr"] == pytest.approx(0.1 * 32 / 8) and info["l2"] == pytest.approx(1e-3 * 8 / 32)
+    assert first.info["num_train_rows"] == 400 and first.info["num_kept_rows"] == 280
+    assert (first.policy.a, first.policy.b) == (again.policy.a, again.policy.b)  # the read chunking is invisible
+    assert first.history == again.history
+
+
+def test_random_projection_is_orthonormal_and_seeded():
+    q = random_projection(64, 16, seed=3)
+    np.testing.assert_allclose(q.T @ q, np.eye(16), atol=1e-5)
+    np.testing.assert_array_equal(q, random_projection(64, 16, seed=3))
+    assert not np.allclose(q, random_projection(64, 16, seed=4))
+    with pytest.raises(ValueError, match="projection dimension"):
+        random_projection(8, 9, seed=0)

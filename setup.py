@@ -16,7 +16,6 @@ setup(
         "datasets>=3.0",
         "accelerate>=1.0",
         "timm>=1.0.15",
-        "evaluate>=0.4",
         "numpy>=1.24",
         "huggingface-hub>=0.30",
         "scipy>=1.10",

@@ -21,6 +21,7 @@ from . import __version__
 from .config import PrunerConfig
 from .features import TeacherOutputs, compute_teacher_outputs
 from .models import load_model
+from .policy import _check_ratio
 from .scorers import ScoringContext, Selection, get_method
 
 __all__ = ["DatasetPruner", "PruningResult", "validation_split"]
@@ -43,12 +44,6 @@ def validation_split(labels: np.ndarray, fraction: float, max_per_class: int, se
             k = max(k, 1)
         picked.append(rng.choice(rows, size=min(k, len(rows) - 1) if len(rows) > 1 else 0, replace=False))
     return np.sort(np.concatenate(picked)).astype(np.int64)
-
-
-def _check_ratio(ratio: float) -> float:
-    if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
-        raise ValueError(f"ratio is the fraction of rows to remove and must be in (0, 1), got {ratio!r}.")
-    return float(ratio)
 
 
 @dataclass

@@ -107,24 +107,50 @@ class PruningResult:
         return self.indices
 
     def select(self, dataset: datasets.Dataset, ratio: Optional[float] = None, seed: Optional[int] = None) -> datasets.Dataset:
-        """The kept rows of `dataset` (every column kept). Selects first when `ratio` is given."""
+        """The kept rows of `dataset` (every column kept). Selects first when `ratio` is given.
+
+        Args:
+            dataset (`datasets.Dataset`): the scored rows, in the scored order. A copy with another format or
+                transform (`with_format`, `with_transform`, `cast_column`, `prepare_image_dataset`) has a new
+                fingerprint; it is accepted when its labels equal the scored ones row by row.
+            ratio (`float`, *optional*): fraction of rows to remove, in (0, 1); None keeps the last selection.
+            seed (`int`, *optional*): sampling seed (default: the config's seed).
+
+        Raises:
+            ValueError: no selection yet, or `dataset` is not the scored one (another length, or another
+                fingerprint and other labels: a shuffle, another split).
+        """
+        self._check_same_rows(dataset)  # before selecting: learning a policy may take a while
         if ratio is not None:
             self.select_indices(ratio, seed)
         if self.indices is None:
             raise ValueError("No selection yet: pass ratio=... (or call select_indices(ratio) first).")
+        return dataset.select(self.indices)
+
+    def _check_same_rows(self, dataset: datasets.Dataset) -> None:
         if len(dataset) != self.num_rows:
             raise ValueError(
                 f"These scores are for a dataset of {self.num_rows} rows, got one of {len(dataset)} rows."
             )
         fingerprint = self.provenance.get("dataset_fingerprint")
-        if fingerprint and getattr(dataset, "_fingerprint", None) not in (None, fingerprint):
-            # Same length but another fingerprint: a transform or a different split. Allowed, but only
-            # when the caller opted in by formatting the same data (with_transform keeps the fingerprint).
-            raise ValueError(
-                f"The dataset's fingerprint {dataset._fingerprint} differs from the scored one ({fingerprint}); "
-                "select on the dataset that was scored."
-            )
-        return dataset.select(self.indices)
+        current = getattr(dataset, "_fingerprint", None)
+        if not fingerprint or current in (None, fingerprint):
+            return
+        # datasets gives a new fingerprint to every format, transform or cast of the same rows; a shuffle or
+        # another split of the same length changes the labels too, so compare those row by row.
+        label_column = self.config.get("label_column", "label")
+        if label_column in dataset.column_names:
+            labels = np.asarray(dataset.with_format("numpy")[label_column])
+            differ = np.flatnonzero(labels != self.labels)
+            if differ.size == 0:
+                return
+            where = f"row {int(differ[0])} has label {labels[differ[0]]}, scored as {self.labels[differ[0]]}"
+        else:
+            where = f"it has no label column {label_column!r} to compare"
+        raise ValueError(
+            f"The dataset's fingerprint {current} differs from the scored one ({fingerprint}) and {where}: "
+            "select on the dataset that was scored (rows in the same order)."
+        )
 
     def _teacher_outputs(self) -> TeacherOutputs:
         if self._outputs is None:

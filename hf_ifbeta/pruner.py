@@ -231,18 +231,29 @@ class PruningResult:
     # ------------------------------------------------------------------ plots
     def plot(self, path: Optional[Union[str, os.PathLike]] = None):
         """Score histogram (all rows vs kept), the policy density over rank positions, and the kept
-        fraction per rank decile. Returns the matplotlib figure; saves it when `path` is given."""
-        import matplotlib
+        fraction per rank decile. Returns the matplotlib figure; saves it when `path` is given.
 
-        if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
+        Needs matplotlib (`pip install hf_ifbeta[plot]`). With a `path`, the figure is drawn without pyplot: no
+        backend is chosen or changed (a notebook keeps its own) and no figure is left open in pyplot.
+        """
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as err:
+            raise ImportError("PruningResult.plot needs matplotlib: pip install 'hf_ifbeta[plot]'.") from err
         from .policy import BetaPolicy, rank_positions
 
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        if path is None:
+            import matplotlib.pyplot as plt
+
+            fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        else:
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(13, 3.6))
+            axes = fig.subplots(1, 3)
         ax = axes[0]
-        bins = np.linspace(np.percentile(self.scores, 0.5), np.percentile(self.scores, 99.5), 60)
+        lo, hi = np.percentile(self.scores, 0.5), np.percentile(self.scores, 99.5)
+        bins = np.linspace(lo, hi, 60) if hi > lo else np.linspace(lo - 0.5, lo + 0.5, 2)  # constant scores (random)
         ax.hist(self.scores, bins=bins, color="0.75", label="all rows")
         if self.indices is not None:
             ax.hist(self.scores[self.indices], bins=bins, color="C0", alpha=0.8, label="kept")

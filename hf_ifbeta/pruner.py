@@ -427,11 +427,16 @@ class DatasetPruner:
 
     def _provenance(self, dataset: datasets.Dataset, outputs: TeacherOutputs) -> Dict[str, Any]:
         info = getattr(dataset, "info", None)
+        name, config = getattr(info, "dataset_name", None), getattr(info, "config_name", None)
+        if name is not None and name == getattr(info, "builder_name", None):
+            # Local files through a packaged builder (`load_dataset("parquet", data_files=...)`): the name is
+            # "parquet" and the config "default", not a dataset the Hub card or `load_pruned_dataset` can load.
+            name = config = None
         return {
             "teacher": self.teacher_name,
             "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-            "dataset_name": getattr(info, "dataset_name", None),
-            "dataset_config": getattr(info, "config_name", None),
+            "dataset_name": name,
+            "dataset_config": config,
             "dataset_split": str(dataset.split) if getattr(dataset, "split", None) is not None else None,
             "num_rows": len(dataset),
             "num_classes": outputs.num_classes,

@@ -291,7 +291,9 @@ class DatasetPruner:
             name, a Hub id (`"timm/resnet50.a1_in1k"`) or a local folder.
         config (`PrunerConfig`, *optional*): all settings; keyword arguments override its fields.
         accelerator (`accelerate.Accelerator` or `PartialState`, *optional*): shards the teacher pass
-            over processes.
+            over processes, and puts each process's influence and policy computations on its own
+            `accelerator.device` (without one: influence on CUDA when available, the policy on CPU).
+            Every process gets the main process's scores and kept rows.
         kwargs: `PrunerConfig` fields, e.g. `image_column="img"`, `method="random"`, `seed=1`.
 
     Example:
@@ -322,6 +324,8 @@ class DatasetPruner:
         self.teacher_name = teacher if isinstance(teacher, str) else _teacher_name(teacher)
         self.teacher = load_model(teacher).eval()
         self.accelerator = accelerator
+        # Where the work after the teacher pass runs; None leaves each step's default.
+        self.device = getattr(accelerator, "device", None)
         self.method = get_method(self.config.method)
         self.last_result: Optional[PruningResult] = None
 
@@ -352,8 +356,10 @@ class DatasetPruner:
         influence = None
         if getattr(self.method, "needs_influence", False):
             influence = self._influence(outputs, val_indices)
-        context = ScoringContext(config=self.config, val_indices=val_indices, influence=influence)
-        scores = np.asarray(self.method.score(outputs, context), dtype=np.float64)
+        context = ScoringContext(
+            config=self.config, val_indices=val_indices, influence=influence, device=self.device
+        )
+        scores = self._from_main_process(np.asarray(self.method.score(outputs, context), dtype=np.float64))
         t2 = time.perf_counter()
         extra = {}
         if influence is not None and influence.self_influence is not None:
@@ -389,7 +395,18 @@ class DatasetPruner:
         """
         _check_ratio(ratio)  # fail before the teacher pass
         result = self.score(dataset)
-        return result.select(dataset, ratio, seed)
+        result.select_indices(ratio, seed)
+        result.indices, result.policy = self._from_main_process((result.indices, result.policy))
+        return result.select(dataset)
+
+    def _from_main_process(self, obj):
+        """`obj` as the main process computed it, on every process: one subset for all of them, whatever the
+        rounding of each process's device. A collective: `score` and `prune` run on every process anyway."""
+        if getattr(self.accelerator, "num_processes", 1) <= 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]
 
     def _check_classes(self, dataset: datasets.Dataset) -> None:
         feature = dataset.features.get(self.config.label_column) if dataset.features else None
@@ -423,6 +440,7 @@ class DatasetPruner:
             self_influence=self.method.needs_self_influence(c),
             chunk_size=c.stream_chunk_size,
             seed=c.seed,
+            device=self.device,
         )
 
     def _provenance(self, dataset: datasets.Dataset, outputs: TeacherOutputs) -> Dict[str, Any]:

@@ -141,6 +141,7 @@ def push_pruning_result(
     source_dataset: Optional[str] = None,
     source_revision: Optional[str] = None,
     source_split: Optional[str] = None,
+    source_config: Optional[str] = None,
     dataset: Optional[datasets.Dataset] = None,
     materialize: bool = False,
     private: Optional[bool] = None,
@@ -148,14 +149,28 @@ def push_pruning_result(
     revision: Optional[str] = None,
     commit_message: str = "Add pruned subset",
 ):
-    """Push a pruned subset to a Hub dataset repo (main process only). Returns the commit info, or None
-    on other processes."""
+    """Push a pruned subset to a Hub dataset repo (main process only).
+
+    Args:
+        result (`PruningResult`): a result with a selection (`result.indices`).
+        repo_id (`str`): the Hub dataset repo to create or update.
+        source_dataset, source_revision, source_split, source_config, dataset, materialize: as in
+            `save_pruning_result_for_hub`.
+        private (`bool`, *optional*): create the repo private.
+        token (`str`, *optional*): Hub token (default: the logged-in one).
+        revision (`str`, *optional*): branch to commit to.
+        commit_message (`str`): the commit message.
+
+    Returns:
+        The commit info of the upload, or None on the other processes.
+    """
     if not _is_main_process():
         return None
     with tempfile.TemporaryDirectory() as tmp:
         save_pruning_result_for_hub(
-            result, tmp, source_dataset, source_revision, source_split, dataset=dataset, materialize=materialize
-        )
+            result, tmp, source_dataset, source_revision, source_split, source_config,
+            dataset=dataset, materialize=materialize,
+        )  # fmt: skip
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
         return api.upload_folder(

@@ -5,7 +5,9 @@
         --ratio 0.3 --output_dir out/cifar10-ifbeta-r0.3
 """
 
+import importlib.util
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -13,6 +15,8 @@ from typing import List, Optional
 from .config import PrunerConfig
 
 __all__ = ["PruneArguments", "load_image_dataset", "prune_main"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,9 +57,14 @@ def load_image_dataset(dataset: str, split: str = "train", data_files=None, conf
 
 
 def prune_main(argv: Optional[List[str]] = None) -> None:
-    """`hf-ifbeta-prune`: score a dataset once, select at each ratio, save (and optionally push) the subsets."""
+    """`hf-ifbeta-prune`: score a dataset once, select at each ratio, save (and optionally push) the subsets.
+
+    Under `accelerate launch` / `torchrun` the teacher pass is sharded over the processes; the main process
+    writes the results.
+    """
     from pathlib import Path
 
+    from accelerate import PartialState
     from transformers import HfArgumentParser
 
     from .models import load_model
@@ -63,16 +72,26 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
 
     parser = HfArgumentParser((PruneArguments, PrunerConfig))
     args, config = parser.parse_args_into_dataclasses(args=argv)
+    # Fail before the teacher pass, not after it.
+    if args.push_to_hub and not args.repo_id:
+        parser.error("--push_to_hub needs --repo_id (e.g. me/cifar10-ifbeta-r{ratio}).")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        logger.warning("matplotlib is not installed (pip install 'hf_ifbeta[plot]'): no plot.png is written.")
+        args.plot = False
+    state = PartialState()
     ds = load_image_dataset(args.dataset, args.split, args.data_files, args.dataset_config, args.revision, args.max_samples)
     teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint)
-    pruner = DatasetPruner(teacher, config)
+    pruner = DatasetPruner(teacher, config, accelerator=state)
     result = pruner.score(ds)
-    result.provenance["teacher"] = args.teacher
+    if args.teacher_checkpoint is None:  # else the pruner's name, which names the checkpoint file
+        result.provenance["teacher"] = args.teacher
     if not args.data_files:
         result.provenance["dataset_name"] = args.dataset
     summary = []
     for ratio in args.ratio:
         result.select_indices(ratio)
+        if not state.is_main_process:
+            continue
         out = Path(args.output_dir) / f"{config.method}-r{ratio}"
         result.save(out)
         if args.plot:
@@ -91,14 +110,14 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
         summary.append(line)
         print(json.dumps(line))
         if args.push_to_hub:
-            if not args.repo_id:
-                raise ValueError("--push_to_hub needs --repo_id.")
             result.push_to_hub(
                 args.repo_id.format(ratio=ratio), source_dataset=None if args.data_files else args.dataset,
-                source_revision=args.revision, source_split=args.split, private=args.private,
+                source_revision=args.revision, source_split=args.split, source_config=args.dataset_config,
+                private=args.private,
             )
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    if state.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -107,13 +107,16 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
         num_classes=getattr(teacher, "num_classes", None) or None,
     )
 
-    # 2. Prune: one teacher pass, scores for every row, the kept rows at the requested ratio.
+    # 2. Prune: one teacher pass, scores for every row, the kept rows at the requested ratio. The pruner
+    # shares the Trainer's process group (`training_args.device` sets it up): under accelerate launch the
+    # teacher pass is sharded over the processes, and every process gets the same kept rows.
     t0 = time.perf_counter()
     result = None
     kept = train
     if args.prune_method != "none":
         pruner_config.method = args.prune_method
-        pruner = DatasetPruner(teacher, pruner_config)
+        training_args.device  # noqa: B018  (sets up training_args.distributed_state)
+        pruner = DatasetPruner(teacher, pruner_config, accelerator=training_args.distributed_state)
         kept = pruner.prune(train, ratio=args.prune_ratio, seed=training_args.seed)
         result = pruner.last_result
         result.provenance["teacher"] = args.teacher
@@ -169,7 +172,10 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
             f"({len(kept)} of {len(train)} rows, {args.prune_method}, {training_args.num_train_epochs} epochs)"
         )
     if args.push_subset_to and result is not None:
-        result.push_to_hub(args.push_subset_to, source_dataset=args.dataset, source_revision=args.dataset_revision)
+        result.push_to_hub(
+            args.push_subset_to, source_dataset=args.dataset, source_revision=args.dataset_revision,
+            source_split=args.train_split, source_config=args.dataset_config,
+        )
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return summary

@@ -45,7 +45,7 @@ _LOG_WEIGHT_FLOOR = -700.0
 
 
 def num_kept(n: int, ratio: float) -> int:
-    """Rows kept when `ratio` of `n` rows are pruned: `round((1 - ratio) * n)`, at least 1.
+    """Rows kept when `ratio` of `n` rows are pruned: `round((1 - ratio) * n)`; a `ValueError` when that is 0.
 
     Args:
         n (`int`): number of rows.
@@ -588,7 +588,7 @@ def learn_beta_policy(
     ```python
     >>> u = rank_positions(influence.scores, labels)
     >>> result = learn_beta_policy(features, logits, labels, u, ratio=0.5, val_indices=val)
-    >>> kept = result.policy.select(u[train], 0.5, labels[train], seed=0)
+    >>> kept = result.policy.select(u, 0.5, labels, seed=0)  # sorted ids of the kept rows, as if-beta does
     ```
     """
     previous_threads = torch.get_num_threads()

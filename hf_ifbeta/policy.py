@@ -736,7 +736,7 @@ def _saturation(log_w: np.ndarray, budget: int) -> Tuple[np.ndarray, np.ndarray]
 
 
 def _class_rows(labels: np.ndarray) -> List[np.ndarray]:
-    """Row ids of each class 0..C-1 (ascending), as a list of arrays."""
+    """Row ids of each class 0..C-1 (ascending; empty for absent ids), in one O(n log n) pass."""
     order = np.argsort(labels, kind="stable")
     bounds = np.cumsum(np.bincount(labels))[:-1]
     return np.split(order, bounds)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 import numpy as np
 from scipy.special import betaln, logsumexp
 
-from .policy import class_budgets, num_kept
+from .policy import _class_rows, class_budgets, num_kept
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import PrunerConfig
@@ -135,18 +135,12 @@ def get_method(name: str, **kwargs) -> "PruningMethod":
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _rows_by_class(labels: np.ndarray) -> List[np.ndarray]:
-    """Row ids of each class id 0..C-1 (ascending; empty for absent ids), in one O(n log n) pass."""
-    order = np.argsort(labels, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(labels))[:-1])
-
-
 def _groups(labels: np.ndarray, m: int, stratify: bool) -> Iterator[Tuple[np.ndarray, int]]:
     """(rows, k) pairs: each class with its budget when `stratify`, else all rows with m."""
     if not stratify:
         yield np.arange(len(labels)), m
         return
-    for rows, k in zip(_rows_by_class(labels), class_budgets(labels, m)):
+    for rows, k in zip(_class_rows(labels), class_budgets(labels, m)):
         if k > 0:
             yield rows, int(k)
 
@@ -444,7 +438,7 @@ class Moderate(PruningMethod):
     def score(self, outputs, context):
         labels = np.asarray(outputs.labels)
         out = np.empty(len(labels))
-        for rows in _rows_by_class(labels):
+        for rows in _class_rows(labels):
             if len(rows) == 0:
                 continue
             h = np.asarray(outputs.features[rows], dtype=np.float32)  # (n_c, d)

@@ -121,9 +121,21 @@ class PrunerConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}.")
-        for name in ("batch_size", "chunk_size", "inner_batch_size", "stream_chunk_size", "val_max_per_class"):
+        # Checked here, not where they are used: that is after the teacher pass.
+        positive = ("batch_size", "chunk_size", "inner_batch_size", "stream_chunk_size", "val_max_per_class", "outer_steps")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("num_workers", "fit_max_iter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("fit_subsample", "policy_subsample"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None (all rows), got {value}.")
+        for name in ("inner_epochs", "inner_lr", "outer_lr", "cg_tol"):
+            if not getattr(self, name) > 0:  # also rejects NaN
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
         from .scorers import get_method  # late import: the registry imports this module
 
         get_method(self.method)  # raises with the list of valid methods

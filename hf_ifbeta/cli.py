@@ -39,18 +39,27 @@ class PruneArguments:
     max_samples: Optional[int] = field(default=None, metadata={"help": "Prune only the first N rows (for a quick try)."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push each subset (indices + scores + card) to the Hub."})
     repo_id: Optional[str] = field(default=None, metadata={"help": "Hub dataset repo for --push_to_hub; '{ratio}' is filled in."})
-    private: Optional[bool] = field(default=None, metadata={"help": "Create the Hub repo private."})
+    private: Optional[bool] = field(
+        default=None, metadata={"help": "--private true / false: visibility of a new Hub repo; unset, the namespace's default."}
+    )
+    token: Optional[str] = field(
+        default=None, metadata={"help": "Hub token for loading the dataset and pushing; unset, the logged-in one."}
+    )
     plot: bool = field(default=True, metadata={"help": "Save plot.png (scores, policy, kept rows) next to each result."})
 
 
-def load_image_dataset(dataset: str, split: str = "train", data_files=None, config=None, revision=None, max_samples=None):
+def load_image_dataset(
+    dataset: str, split: str = "train", data_files=None, config=None, revision=None, max_samples=None, token=None
+):
     """`datasets.load_dataset` for a Hub id or a builder with data files; optionally the first N rows."""
     import datasets
 
     if data_files:
-        ds = datasets.load_dataset(dataset, config, data_files={split: data_files}, split=split, revision=revision)
+        ds = datasets.load_dataset(
+            dataset, config, data_files={split: data_files}, split=split, revision=revision, token=token
+        )
     else:
-        ds = datasets.load_dataset(dataset, config, split=split, revision=revision)
+        ds = datasets.load_dataset(dataset, config, split=split, revision=revision, token=token)
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     return ds
@@ -79,7 +88,9 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
         logger.warning("matplotlib is not installed (pip install 'hf_ifbeta[plot]'): no plot.png is written.")
         args.plot = False
     state = PartialState()
-    ds = load_image_dataset(args.dataset, args.split, args.data_files, args.dataset_config, args.revision, args.max_samples)
+    ds = load_image_dataset(
+        args.dataset, args.split, args.data_files, args.dataset_config, args.revision, args.max_samples, args.token
+    )
     teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint)
     pruner = DatasetPruner(teacher, config, accelerator=state)
     result = pruner.score(ds)
@@ -113,7 +124,7 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
             result.push_to_hub(
                 args.repo_id.format(ratio=ratio), source_dataset=None if args.data_files else args.dataset,
                 source_revision=args.revision, source_split=args.split, source_config=args.dataset_config,
-                private=args.private,
+                private=args.private, token=args.token,
             )
     if state.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,10 @@ class PrunerConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
         if (self.policy_a is None) != (self.policy_b is None):
-            raise ValueError("Set both policy_a and policy_b to fix the policy, or neither to learn it.")
+            raise ValueError(
+                f"Set both policy_a and policy_b to fix the policy, or neither to learn it; got policy_a={self.policy_a}, "
+                f"policy_b={self.policy_b}."
+            )
         for name in ("policy_a", "policy_b"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -64,7 +64,7 @@ def kd_loss(
     kd = soft_target_kl(student_logits, teacher_logits, temperature, reduction="none")
     if labels is None:
         if alpha < 1.0:
-            raise ValueError("labels are required when alpha < 1 (the cross-entropy term).")
+            raise ValueError(f"labels are required when alpha < 1 (the cross-entropy term), got alpha={alpha}.")
         ce = torch.zeros_like(kd)
     else:
         ce = F.cross_entropy(student_logits.float(), labels, reduction="none")

@@ -177,6 +177,7 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
             source_split=args.train_split, source_config=args.dataset_config,
         )
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        # The student's model card names its teacher, the subset it was distilled on and the source dataset.
+        trainer.push_to_hub(teacher=args.teacher, subset=args.push_subset_to, dataset=args.dataset)
     return summary
 

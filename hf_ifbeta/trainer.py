@@ -271,7 +271,7 @@ class DistillationTrainer(Trainer):
             "temperature": self.args.temperature,
             "epochs": self.args.num_train_epochs,
             "learning_rate": self.args.learning_rate,
-            "optimizer": str(self.args.optim),
+            "optimizer": getattr(self.args.optim, "value", str(self.args.optim)),  # "sgd", not "OptimizerNames.SGD"
             "train_batch_size": self.args.per_device_train_batch_size * self.args.world_size,
         }
         write_student_card(

@@ -241,7 +241,7 @@ class DistillationTrainer(Trainer):
         pushed repo) loads with `timm.create_model("local-dir:<folder>")` / `"hf-hub:<repo>"`."""
         super()._save(output_dir, state_dict)
         student = self.accelerator.unwrap_model(self.model)
-        if getattr(student, "pretrained_cfg", None) and self.args.should_save:
+        if _is_timm_model(student) and self.args.should_save:
             from timm.models._hub import save_config_for_hf
 
             output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -258,7 +258,7 @@ class DistillationTrainer(Trainer):
         transformers models get transformers' card. `trainer.push_to_hub(teacher=..., subset=...)` passes
         these through."""
         student = self.accelerator.unwrap_model(self.model)
-        if not getattr(student, "pretrained_cfg", None):
+        if not _is_timm_model(student):
             return super().create_model_card(dataset=dataset, **kwargs)
         if not self.is_world_process_zero():
             return
@@ -405,6 +405,12 @@ def _data_config(model: nn.Module, override: Optional[Dict[str, Any]]) -> Option
     if getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
         return model_data_config(model)
     return None
+
+
+def _is_timm_model(model: nn.Module) -> bool:
+    """Built by timm (a registry architecture with its pretrained config), so timm's save/load format applies."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    return isinstance(cfg, dict) and "architecture" in cfg and hasattr(model, "num_classes")
 
 
 def _takes_pixel_values(model: nn.Module) -> bool:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import hf_ifbeta  # noqa: E402  (registers the CIFAR ResNets)
 from hf_ifbeta.losses import kd_loss  # noqa: E402
 from hf_ifbeta.models import load_model  # noqa: E402
+from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
 SHARED = Path(os.environ.get("HF_IFBETA_SHARED", ROOT.parent / "shared"))
 CACHE = ROOT / "benchmarks" / "cache"
@@ -292,16 +293,10 @@ def run_cell(cell, profile, train, test, teacher, pruning: Pruning, caches: Dict
         "epochs": cfg["epochs"],
         "prune_time_s": prune_time,
         "prune_timings": timings,
-        "policy": _jsonable(policy),
+        "policy": to_jsonable(policy),
         **out,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def _jsonable(x):
-    if x is None:
-        return None
-    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def main(argv=None):
@@ -314,6 +309,7 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"kd_sweep_{args.profile}.jsonl"
     if args.report:
+        sys.path.insert(0, str(Path(__file__).parent))
         from report import report  # benchmarks/report.py
 
         report(out_path)

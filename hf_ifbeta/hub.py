@@ -108,7 +108,7 @@ def _dataset_card(result: PruningResult, source: Dict[str, Any], materialize: bo
 
 # Pruned subset: {source['dataset'] or 'local dataset'} ({result.method}, ratio {result.ratio})
 
-Made with [hf_ifbeta](https://github.com/) `{result.provenance.get('hf_ifbeta_version')}`: the teacher
+Made with `hf_ifbeta` {result.provenance.get('hf_ifbeta_version')}: the teacher
 `{result.provenance.get('teacher')}` scored every row, and {len(result.indices):,} of {result.num_rows:,} rows
 (ratio removed {result.ratio}) were kept by {policy_line}, seed {result.seed}.
 

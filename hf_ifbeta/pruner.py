@@ -189,7 +189,7 @@ class PruningResult:
             "seed": self.seed,
             "num_rows": self.num_rows,
             "num_kept": None if self.indices is None else int(len(self.indices)),
-            "policy": _jsonable(self.policy),
+            "policy": to_jsonable(self.policy),
             "config": self.config,
             "provenance": self.provenance,
             "timings": self.timings,
@@ -377,7 +377,7 @@ class DatasetPruner:
             _context=context,
         )
         if influence is not None:
-            result.provenance["influence"] = _jsonable(influence.info)
+            result.provenance["influence"] = to_jsonable(influence.info)
         self.last_result = result
         return result
 
@@ -475,7 +475,8 @@ def _teacher_name(teacher: nn.Module) -> str:
     return name
 
 
-def _jsonable(x):
+def to_jsonable(x):
+    """`x` with numpy arrays and scalars turned into lists and numbers (for JSON files and cards)."""
     if x is None:
         return None
     return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -77,6 +77,7 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
     from transformers import HfArgumentParser
 
     from .models import load_model
+    from .policy import check_ratio
     from .pruner import DatasetPruner
 
     parser = HfArgumentParser((PruneArguments, PrunerConfig))
@@ -84,6 +85,8 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
     # Fail before the teacher pass, not after it.
     if args.push_to_hub and not args.repo_id:
         parser.error("--push_to_hub needs --repo_id (e.g. me/cifar10-ifbeta-r{ratio}).")
+    for ratio in args.ratio:
+        check_ratio(ratio)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         logger.warning("matplotlib is not installed (pip install 'hf_ifbeta[plot]'): no plot.png is written.")
         args.plot = False

@@ -51,7 +51,7 @@ def num_kept(n: int, ratio: float) -> int:
         n (`int`): number of rows.
         ratio (`float`): fraction of rows to remove, in (0, 1).
     """
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     m = int(round((1.0 - ratio) * n))
     if m < 1:
         raise ValueError(f"ratio={ratio} keeps {m} of {n} rows; lower the ratio so at least one row is kept.")
@@ -308,7 +308,7 @@ class PolicyObjective:
                 f"rows {features.shape[1]} / {logits.shape[1]}: they must match."
             )
         self.u = _check_positions(u, features.shape[0])
-        self.ratio = _check_ratio(ratio)
+        self.ratio = check_ratio(ratio)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
         if temperature <= 0:
@@ -616,7 +616,7 @@ def _learn_beta_policy(
     features, logits, labels = _check_arrays(features, logits, labels)
     n = features.shape[0]
     u = _check_positions(u, n)
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     val_indices = np.asarray(val_indices)
     if val_indices.ndim != 1 or val_indices.size == 0 or val_indices.dtype.kind not in "iu":
         raise ValueError(
@@ -752,7 +752,7 @@ def _stratified_subsample(rows: np.ndarray, labels: np.ndarray, size: Optional[i
     return np.sort(rows[np.concatenate(picked)])
 
 
-def _check_ratio(ratio) -> float:
+def check_ratio(ratio) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating, np.integer)):
         raise ValueError(f"ratio must be a float in (0, 1) (the fraction of rows to remove), got {ratio!r}.")
     if not 0.0 < ratio < 1.0:

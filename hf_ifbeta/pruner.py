@@ -21,7 +21,7 @@ from . import __version__
 from .config import PrunerConfig
 from .features import TeacherOutputs, compute_teacher_outputs
 from .models import load_model
-from .policy import _check_ratio
+from .policy import check_ratio
 from .scorers import ScoringContext, Selection, get_method
 
 __all__ = ["DatasetPruner", "PruningResult", "validation_split"]
@@ -95,7 +95,7 @@ class PruningResult:
         Returns:
             `np.ndarray`: sorted row ids of the `round((1 - ratio) * n)` kept rows; also stored in `self.indices`.
         """
-        ratio = _check_ratio(ratio)
+        ratio = check_ratio(ratio)
         seed = self.config["seed"] if seed is None else int(seed)
         method = get_method(self.method)
         t0 = time.perf_counter()
@@ -393,7 +393,7 @@ class DatasetPruner:
             `datasets.Dataset`: `dataset.select(result.indices)`, every column kept. The scores, kept
             indices and policy are in `self.last_result`.
         """
-        _check_ratio(ratio)  # fail before the teacher pass
+        check_ratio(ratio)  # fail before the teacher pass
         result = self.score(dataset)
         result.select_indices(ratio, seed)
         result.indices, result.policy = self._from_main_process((result.indices, result.policy))

@@ -1,0 +1,55 @@
+"""`hf-ifbeta-prune` on a tiny local parquet dataset with a local teacher checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import hf_ifbeta  # noqa: F401
+from hf_ifbeta.cli import prune_main
+from hf_ifbeta.pruner import PruningResult
+
+from factories import tiny_image_dataset
+
+
+@pytest.fixture(scope="module")
+def parquet_and_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    ds = tiny_image_dataset(n=80, num_classes=10, size=32)
+    ds.to_parquet(str(root / "train.parquet"))
+    torch.manual_seed(0)
+    torch.save({"state_dict": timm.create_model("cifar10_resnet20").state_dict()}, root / "teacher.pt")
+    return root
+
+
+def test_one_scoring_pass_several_ratios(parquet_and_checkpoint, tmp_path, monkeypatch):
+    root = parquet_and_checkpoint
+    out = tmp_path / "pruned"
+    calls = []
+    original = hf_ifbeta.pruner.DatasetPruner.teacher_outputs
+    monkeypatch.setattr(hf_ifbeta.pruner.DatasetPruner, "teacher_outputs", lambda self, ds: calls.append(1) or original(self, ds))
+    prune_main([
+        "--teacher", "cifar10_resnet20", "--teacher_checkpoint", str(root / "teacher.pt"),
+        "--dataset", "parquet", "--data_files", str(root / "train.parquet"), "--image_column", "image",
+        "--method", "el2n", "--ratio", "0.25", "0.5", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+        "--no_plot",
+    ])
+    assert calls == [1]  # one teacher pass for both ratios
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["kept"] for s in summary] == [60, 40]
+    result = PruningResult.load(out / "el2n-r0.5")
+    assert len(result.indices) == 40 and result.ratio == 0.5 and result.method == "el2n"
+    assert result.provenance["dataset_name"] is None  # local files: no Hub source to name
+    assert np.array_equal(np.sort(result.indices), result.indices)
+
+
+def test_bad_ratio_fails_before_the_teacher_pass(parquet_and_checkpoint, tmp_path, monkeypatch):
+    root = parquet_and_checkpoint
+    monkeypatch.setattr(hf_ifbeta.pruner.DatasetPruner, "teacher_outputs", lambda self, ds: pytest.fail("teacher pass started"))
+    with pytest.raises(ValueError, match="ratio"):
+        prune_main([
+            "--teacher", "cifar10_resnet20", "--teacher_checkpoint", str(root / "teacher.pt"), "--dataset", "parquet",
+            "--data_files", str(root / "train.parquet"), "--ratio", "1.5", "--output_dir", str(tmp_path / "x"),
+        ])

@@ -270,6 +270,17 @@ class Pruning:
         return indices, result.policy, timings
 
 
+def code_version() -> str:
+    """The commit the cell ran with (`+dirty` when hf_ifbeta/ had uncommitted changes)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "hf_ifbeta") else "")
+
+
 def run_cell(cell, profile, train, test, teacher, pruning: Pruning, caches: Dict, log=print) -> Dict:
     cfg = PROFILES[profile]
     method, ratio, seed = cell["method"], cell["ratio"], cell["seed"]
@@ -296,6 +307,7 @@ def run_cell(cell, profile, train, test, teacher, pruning: Pruning, caches: Dict
         "policy": to_jsonable(policy),
         **out,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "code": code_version(),
     }
 
 

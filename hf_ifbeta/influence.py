@@ -191,9 +191,12 @@ class _Data:
         self.std = torch.ones(self.d, dtype=torch.float64, device=device)
 
     def load(self, rows: np.ndarray) -> _Chunk:
-        h = torch.from_numpy(_read_rows(self.features, rows)).to(self.device, self.dtype)  # (m, d)
-        h = (h - self.mean.to(self.dtype)) / self.std.to(self.dtype)
-        x = torch.cat([h, torch.ones(len(rows), 1, dtype=self.dtype, device=self.device)], dim=1)
+        # x = [(h - mean) / std, 1] built in place: one (m, d + 1) buffer besides the stored-dtype copy of h.
+        x = torch.empty(len(rows), self.d + 1, dtype=self.dtype, device=self.device)
+        h = x[:, : self.d]
+        h.copy_(torch.from_numpy(_read_rows(self.features, rows)))  # (m, d), cast to the compute dtype
+        h.sub_(self.mean.to(self.dtype)).div_(self.std.to(self.dtype))
+        x[:, self.d] = 1.0
         z = torch.from_numpy(_read_rows(self.logits, rows)).to(self.device, self.dtype)
         y = torch.from_numpy(_read_rows(self.labels, rows)).to(self.device)
         return _Chunk(x, z, y)
@@ -759,6 +762,7 @@ def influence_scores(
                 f"(target {cg_tol:.1g}): scores are approximate; raise cg_max_iter or l2."
             )
     timings["solve"] = time.perf_counter() - clock
+    fit = matvec = None  # the kept fit rows and their per-row terms are no longer needed: free them before the pass
 
     # Scores (and self-influence) of every row in one streamed pass: s_i = e_i^T V x_i.
     clock = time.perf_counter()

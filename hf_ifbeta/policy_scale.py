@@ -23,12 +23,15 @@ Everything else is `learn_beta_policy` unchanged: the same KD-aligned inner obje
 loss, hypergradient, discrete check against uniform and fallback. Below the threshold (CIFAR-10 with a
 ResNet-56 teacher: 650 parameters) the call is passed straight to `learn_beta_policy`.
 
-Measured on one shared CPU core (benchmarks/bench_scale.py): 100 classes, 4,000 rows, k = 128 cost 0.036 s per
-inner step (12 s per hypergradient) against 0.20 s for 1,000 classes and 2,000 rows at the same k.
+Cost, measured with `PolicyObjective` on one shared CPU core of this project's machine: 100 classes, 4,000 rows,
+k = 128 take 0.036 s per inner step (12 s per hypergradient); 1,000 classes and 2,000 rows at the same k take
+0.20 s per step (the element-wise softmax work over C x N dominates, so the projection alone buys little).
+docs/scale.md gives the whole policy stage as measured by benchmarks/bench_scale.py.
 """
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -36,7 +39,7 @@ import numpy as np
 from . import policy
 from .policy import PolicyLearningResult, class_budgets
 
-__all__ = ["learn_beta_policy_at_scale", "random_projection"]
+__all__ = ["ReducedPolicyProblem", "learn_beta_policy_at_scale", "random_projection", "reduce_policy_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,17 +117,87 @@ def learn_beta_policy_at_scale(
     max_head_params = MAX_HEAD_PARAMS if max_head_params is None else max_head_params
     projection_dim = PROJECTION_DIM if projection_dim is None else projection_dim
     max_classes = MAX_CLASSES if max_classes is None else max_classes
-    n, d = features.shape
+    d = features.shape[1]
     C = logits.shape[1]
     if C * (d + 1) <= max_head_params:
         return policy.learn_beta_policy(  # looked up at call time (tests may replace it)
             features, logits, labels, u, ratio, val_indices, l2=l2, inner_lr=inner_lr, subsample=subsample,
             val_subsample=val_subsample, seed=seed, **kwargs,
         )  # fmt: skip
+    start = time.perf_counter()
+    problem = reduce_policy_problem(
+        features, logits, labels, u, val_indices, l2=l2, inner_lr=inner_lr, subsample=subsample,
+        val_subsample=val_subsample, seed=seed, projection_dim=projection_dim, max_classes=max_classes,
+        chunk_size=chunk_size,
+    )  # fmt: skip
+    result = policy.learn_beta_policy(
+        problem.features, problem.logits, problem.labels, problem.u, ratio, problem.val_indices, l2=problem.l2,
+        inner_lr=problem.inner_lr, subsample=None, val_subsample=None, seed=seed, **kwargs,
+    )  # fmt: skip
+    result.info["reduced"] = {**problem.info, "total_seconds": time.perf_counter() - start}
+    logger.info(
+        "Beta policy learned on a reduced problem: %d of %d classes, %d + %d rows, features projected %d -> %d.",
+        *(problem.info[k] for k in ("classes", "of_classes", "train_rows", "val_rows", "of_features", "projection_dim")),
+    )  # fmt: skip
+    return result
+
+
+@dataclass
+class ReducedPolicyProblem:
+    """The bilevel problem on a class subset and projected features (`reduce_policy_problem`).
+
+    Args:
+        features (`np.ndarray`): (N, k) standardised, projected features: training rows first, then validation rows.
+        logits (`np.ndarray`): (N, C') teacher logits restricted to the kept classes.
+        labels (`np.ndarray`): (N,) class ids in [0, C') (position in `classes`).
+        u (`np.ndarray`): (N,) rank positions of these rows (ranked within their class over all n rows).
+        val_indices (`np.ndarray`): positions of the validation rows in these arrays.
+        rows (`np.ndarray`): (N,) their row ids in the full arrays.
+        classes (`np.ndarray`): (C',) the kept class ids.
+        inner_lr (`float`), l2 (`float`): the inner learning rate and L2 mapped to the projection.
+        info (`Dict`): sizes and mapped settings, JSON-friendly.
+    """
+
+    features: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
+    u: np.ndarray
+    val_indices: np.ndarray
+    rows: np.ndarray
+    classes: np.ndarray
+    inner_lr: float
+    l2: float
+    info: Dict[str, Any]
+
+
+def reduce_policy_problem(
+    features: np.ndarray,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    u: np.ndarray,
+    val_indices: np.ndarray,
+    *,
+    l2: float = 1e-3,
+    inner_lr: float = 0.1,
+    subsample: Optional[int] = 4_000,
+    val_subsample: Optional[int] = 2_000,
+    seed: int = 0,
+    projection_dim: Optional[int] = None,
+    max_classes: Optional[int] = None,
+    chunk_size: int = 65_536,
+) -> ReducedPolicyProblem:
+    """Steps 1-3 of the module docstring: class subset, stratified rows read in chunks, standardised projection.
+
+    Arguments as in `learn_beta_policy_at_scale`; `projection_dim >= d` keeps the standardised features as they
+    are (then the learning rate and L2 are unchanged), `max_classes >= C` keeps every class.
+    """
+    projection_dim = PROJECTION_DIM if projection_dim is None else projection_dim
+    max_classes = MAX_CLASSES if max_classes is None else max_classes
     for name, value in (("projection_dim", projection_dim), ("max_classes", max_classes), ("chunk_size", chunk_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
-    start = time.perf_counter()
+    n, d = features.shape
+    C = logits.shape[1]
     labels = np.asarray(labels, dtype=np.int64)
     u = np.asarray(u, dtype=np.float64)
     val_indices = np.asarray(val_indices, dtype=np.int64)
@@ -164,35 +237,24 @@ def learn_beta_policy_at_scale(
     h -= mean.astype(np.float32)
     h /= std.astype(np.float32)
     x = h @ random_projection(d, k, seed) if k < d else h  # (N, k)
-    del h
     # Gradient descent from zeros sees the features only through x_i . x_j, which the projection scales by
     # about k / d: the inner step and the L2 penalty are rescaled so that the logits follow the same path.
     scale = d / k
-    mapped_lr, mapped_l2 = inner_lr * scale, l2 / scale
-
-    y = np.searchsorted(classes, labels[rows])  # class ids in [0, len(classes))
-    local_val = np.arange(len(train), len(rows))
-    result = policy.learn_beta_policy(
-        x, z, y, u[rows], ratio, local_val, l2=mapped_l2, inner_lr=mapped_lr, subsample=None, val_subsample=None,
-        seed=seed, **kwargs,
-    )  # fmt: skip
-    reduced: Dict[str, Any] = {
+    info = {
         "classes": int(len(classes)),
         "of_classes": int(C),
         "train_rows": int(len(train)),
         "val_rows": int(len(val)),
         "projection_dim": int(k),
         "of_features": int(d),
-        "inner_lr": float(mapped_lr),
-        "l2": float(mapped_l2),
-        "total_seconds": time.perf_counter() - start,
+        "inner_lr": float(inner_lr * scale),
+        "l2": float(l2 / scale),
     }
-    result.info["reduced"] = reduced
-    logger.info(
-        "Beta policy learned on a reduced problem: %d of %d classes, %d + %d rows, features projected %d -> %d.",
-        len(classes), C, len(train), len(val), d, k,
+    return ReducedPolicyProblem(
+        features=x, logits=z, labels=np.searchsorted(classes, labels[rows]), u=u[rows],
+        val_indices=np.arange(len(train), len(rows)), rows=rows, classes=classes, inner_lr=info["inner_lr"],
+        l2=info["l2"], info=info,
     )  # fmt: skip
-    return result
 
 
 def _stratified(rows: np.ndarray, labels: np.ndarray, size: Optional[int], rng: np.random.Generator) -> np.ndarray:

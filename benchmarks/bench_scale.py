@@ -38,6 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
+IMAGE_COSTS = ROOT / "benchmarks" / "results" / "scale_image_costs.json"
+BUDGETS = ROOT / "benchmarks" / "results" / "scale_budgets.json"
 DEFAULT_SIZES = (128_000, 320_000, 1_280_000)
 NUM_FEATURES, NUM_CLASSES = 2048, 1000
 GIB = 1024**3
@@ -58,7 +60,7 @@ SETTINGS = dict(
     cg_tol=1e-5,
     val_fraction=0.1,
     val_max_per_class=2000,
-    policy_subsample=4000,
+    policy_subsample=2000,
     outer_steps=20,
 )
 STAGES = ("load", "val_split", "scan", "gather", "fit", "val_grad", "hessian", "solve", "scores", "policy", "select")
@@ -246,6 +248,193 @@ def child_main(args) -> None:
     Path(args.result).write_text(json.dumps(result))
 
 
+# ----------------------------------------------------------------------------- per-image costs of the GPU stages
+def measure_image_costs(batch_size: int = 32, repeats: int = 3) -> Dict[str, Any]:
+    """Seconds per image, on this CPU with one torch thread, of what the ImageNet recipe does per image.
+
+    - `decode_eval`: JPEG decode + the teacher's eval transform (what a teacher-pass data worker does);
+    - `decode_train`: JPEG decode + RandomResizedCrop / flip / normalise (what a KD-training data worker does);
+    - `teacher_forward`: ResNet-50 forward under inference mode (the teacher pass, and the teacher in a KD step);
+    - `kd_step`: ResNet-18 student forward + backward + SGD step plus the ResNet-50 teacher forward, KD loss.
+    One synthetic 500 x 375 JPEG (quality 90; ImageNet's typical size) stands for every image; random weights.
+    """
+    import io
+
+    import timm
+    import torch
+    from PIL import Image
+
+    from hf_ifbeta.losses import kd_loss
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(375, 500, 3)), 0), 1)  # photo-like low-frequency content
+    pixels = (255 * (smooth - smooth.min()) / np.ptp(smooth)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    jpeg = buffer.getvalue()
+
+    teacher = timm.create_model("resnet50", pretrained=False).eval()
+    student = timm.create_model("resnet18", pretrained=False).train()
+    config = timm.data.resolve_data_config({}, model=teacher)
+    transforms = {
+        "decode_eval": timm.data.create_transform(**config, is_training=False),
+        "decode_train": timm.data.create_transform(**config, is_training=True),
+    }
+
+    def per_image(fn, images):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) / images)
+        return min(times)
+
+    costs = {}
+    for name, transform in transforms.items():
+        costs[name] = per_image(lambda: [transform(Image.open(io.BytesIO(jpeg)).convert("RGB")) for _ in range(64)], 64)
+    x = torch.randn(batch_size, 3, 224, 224)
+    y = torch.randint(0, 1000, (batch_size,))
+
+    def teacher_forward():
+        with torch.inference_mode():
+            teacher(x)
+
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+
+    def kd_step():
+        with torch.inference_mode():
+            z_teacher = teacher(x)
+        loss, _, _ = kd_loss(student(x), z_teacher.clone(), y, alpha=0.9, temperature=4.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    costs["teacher_forward"] = per_image(teacher_forward, batch_size)
+    costs["kd_step"] = per_image(kd_step, batch_size)
+    return {
+        "seconds_per_image": costs, "threads": 1, "batch_size": batch_size, "jpeg_bytes": len(jpeg),
+        "load_average": os.getloadavg()[0], "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- solver budgets and float16 logits
+def measure_budgets(data_dir: Path, n: int = 20_000, fit_subsample: int = 8192) -> Dict[str, Any]:
+    """How far the kept rows move with the L-BFGS and CG budgets, and with float16 logits, at ImageNet shapes.
+
+    On n synthetic rows (the generator above; 2,048 x 1,000, a 2.05 M-parameter head), a reference run (fit 200
+    L-BFGS iterations, CG to a relative residual of 1e-10 or 300 iterations) is compared with cheaper runs:
+    CG budgets at the reference head (warm-started there with no fit iterations), fit budgets (CG 40), float16
+    logits, and, as the yardstick of noise the method has anyway, another random fit subsample (seed 1).
+    Reported per run: Spearman and Pearson of the scores with the reference, and the overlap of the top 70 % of
+    rows per class (what the `influence` method keeps at ratio 0.3).
+    """
+    import torch
+    from scipy.stats import pearsonr, spearmanr
+
+    from hf_ifbeta.config import PrunerConfig
+    from hf_ifbeta.features import TeacherOutputs
+    from hf_ifbeta.influence import influence_scores
+    from hf_ifbeta.policy import rank_positions
+    from hf_ifbeta.pruner import validation_split
+    from hf_ifbeta.scorers import ScoringContext, get_method
+
+    torch.set_num_threads(choose_threads())
+    generate(n, data_dir, seed=0)
+    outputs = TeacherOutputs.load(data_dir)
+    labels = np.asarray(outputs.labels)
+    val = validation_split(labels, 0.1, 2000, 0)
+    config = PrunerConfig(method="influence")
+
+    def run(logits=None, **kwargs):
+        args = dict(hessian="kfac", fit_subsample=fit_subsample, init_head=outputs.head, seed=0)
+        args.update(kwargs)
+        t = time.perf_counter()
+        out = influence_scores(outputs.features, outputs.logits if logits is None else logits, labels, val, **args)
+        return out, time.perf_counter() - t
+
+    def kept(out):
+        context = ScoringContext(config=config, val_indices=val, influence=out)
+        method = get_method("influence")
+        return method.select(outputs, method.score(outputs, context), 0.3, context, seed=0).indices
+
+    reference, seconds = run(fit_max_iter=200, cg_max_iter=300, cg_tol=1e-10)
+    ref_kept = kept(reference)
+    # The reference head, moved back to raw features, warm-starts the CG-only runs: W_raw = W / std, b_raw = b - W_raw mean.
+    w_raw = reference.weight / reference.std
+    head = (w_raw.astype(np.float32), (reference.bias - w_raw @ reference.mean).astype(np.float32))
+    rows = [{"run": "reference", "seconds": seconds, **_solver_info(reference)}]
+
+    def compare(name, out, seconds):
+        row = {
+            "run": name, "seconds": seconds, **_solver_info(out),
+            "spearman": float(spearmanr(out.scores, reference.scores)[0]),
+            "pearson": float(pearsonr(out.scores, reference.scores)[0]),
+            "kept_overlap": float(len(np.intersect1d(kept(out), ref_kept)) / len(ref_kept)),
+        }  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    for iters in (5, 10, 20, 40, 80):
+        compare(f"cg {iters}", *run(init_head=head, fit_max_iter=0, cg_max_iter=iters, cg_tol=1e-12))
+    for iters in (10, 25, 50, 100):
+        compare(f"fit {iters}, cg 40", *run(fit_max_iter=iters, cg_max_iter=40, cg_tol=1e-12))
+    logits16 = np.asarray(outputs.logits).astype(np.float16)
+    compare("float16 logits, fit 100, cg 40", *run(logits=logits16, fit_max_iter=100, cg_max_iter=40, cg_tol=1e-12))
+    compare("fit subsample seed 1, fit 100, cg 40", *run(seed=1, fit_max_iter=100, cg_max_iter=40, cg_tol=1e-12))
+    landscape = policy_landscape(outputs, rank_positions(reference.scores, labels), val)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return {
+        "n": n, "fit_subsample": fit_subsample, "rows": rows, "policy_landscape": landscape,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }  # fmt: skip
+
+
+def policy_landscape(outputs, u, val, ratio: float = 0.3, k: int = 128) -> Dict[str, Any]:
+    """The outer loss of the bilevel problem over a grid of (a, b), on the same 100 classes and rows, with the
+    full 2,048-d standardised features, with a k-d projection (learning rate and L2 mapped, as on the reduced
+    path) and with the projection but the settings unmapped. Spearman over the grid, and the grid argmins."""
+    from scipy.stats import spearmanr
+
+    from hf_ifbeta.policy import PolicyObjective
+    from hf_ifbeta.policy_scale import reduce_policy_problem
+
+    grid = [(la, lb) for la in (-1.0, 0.0, 1.0, 2.0) for lb in (-1.0, 0.0, 1.0, 2.0)]
+    common = dict(subsample=2000, val_subsample=1000, seed=0, max_classes=100)
+    problems = {
+        "full": reduce_policy_problem(outputs.features, outputs.logits, outputs.labels, u, val, **common),
+        "projected": reduce_policy_problem(outputs.features, outputs.logits, outputs.labels, u, val, projection_dim=k, **common),
+    }  # fmt: skip
+    variants = {"full": ("full", True), f"projected {k}, mapped lr / l2": ("projected", True),
+                f"projected {k}, unmapped": ("projected", False)}  # fmt: skip
+    losses, seconds = {}, {}
+    for name, (which, mapped) in variants.items():
+        p = problems[which]
+        train = np.arange(len(p.rows) - len(p.val_indices))
+        objective = PolicyObjective(
+            p.features[train], p.logits[train], p.labels[train], p.u[train], ratio,
+            p.features[p.val_indices], p.logits[p.val_indices], p.labels[p.val_indices],
+            l2=p.l2 if mapped else 1e-3, inner_lr=p.inner_lr if mapped else 0.1,
+        )  # fmt: skip
+        t = time.perf_counter()
+        losses[name] = [objective.loss(np.array(ab)) for ab in grid]
+        seconds[name] = time.perf_counter() - t
+        print(name, losses[name], flush=True)
+    full = losses["full"]
+    return {
+        "grid_log_ab": grid, "ratio": ratio, "losses": losses, "seconds": seconds,
+        "spearman_with_full": {name: float(spearmanr(full, v)[0]) for name, v in losses.items() if name != "full"},
+        "argmin": {name: grid[int(np.argmin(v))] for name, v in losses.items()},
+        "problem": problems["projected"].info,
+    }  # fmt: skip
+
+
+def _solver_info(out) -> Dict[str, Any]:
+    info = out.info
+    return {k: info.get(k) for k in ("fit_iterations", "fit_grad_max", "fit_loss", "cg_iterations", "residual")}
+
+
 # ----------------------------------------------------------------------------- driver
 def run_child(kind: str, n: int, data_dir: Path, settings: Dict[str, Any]) -> Dict[str, Any]:
     result_file = data_dir.parent / f".{kind}_{n}.json"
@@ -295,6 +484,14 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--keep_data", action="store_true", help="keep the synthetic data of each size")
     parser.add_argument(
+        "--budgets", action="store_true",
+        help=f"measure how the kept rows move with the fit / CG budgets and float16 logits, into {BUDGETS.name}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image_costs", action="store_true",
+        help=f"measure per-image CPU costs of the GPU stages (decode, teacher forward, KD step) into {IMAGE_COSTS.name}",
+    )  # fmt: skip
+    parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="override a setting (e.g. fit_subsample=4096 for a smoke run; use another --results file)",
     )  # fmt: skip
@@ -318,6 +515,14 @@ def main(argv: List[str] = None) -> None:
     results = load_results(path)
     if args.report:
         print(table(results))
+        return
+    if args.budgets:
+        save_results(BUDGETS, measure_budgets(Path(args.data_dir) / "budgets"))
+        return
+    if args.image_costs:
+        costs = measure_image_costs()
+        save_results(IMAGE_COSTS, costs)
+        print(json.dumps(costs, indent=2))
         return
     if results["settings"] != settings:
         if results["runs"] and not args.force:

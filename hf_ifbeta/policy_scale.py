@@ -10,23 +10,28 @@ problem on a reduced copy, and hands the learned (a, b) back for the full data:
 1. **Classes**: at most `max_classes` classes drawn at random (seeded); their rows, the teacher logits
    restricted to them (the teacher's softmax renormalised over the kept classes) and their labels. The policy
    acts on rank positions *within a class*, so a random subset of classes poses the same question with more
-   rows per class: 4,000 rows over 1,000 classes would leave 4 rows (2.8 kept) per class.
+   rows per class: 4,000 rows over 1,000 classes would leave 4 rows (2.8 kept) per class. The cost of an inner
+   step falls with the classes (C x N softmax work and C x d x N products): 100 of 1,000 classes cut it 10x.
 2. **Rows**: a class-stratified subsample of `subsample` training rows and `val_subsample` validation rows
    of those classes, read from the (memory-mapped) cache chunk by chunk: memory O(subsample d), not O(n d).
-3. **Features**: standardised (mean / std of the subsample), then multiplied by a fixed random orthonormal
-   matrix Q (d, k), k = `projection_dim`. A random projection approximately keeps every inner product up to the
-   factor k / d (Johnson-Lindenstrauss); gradient descent on a linear head from zeros only sees the features
-   through these inner products, so with the inner learning rate scaled by d / k and the L2 penalty by k / d
-   the inner fit follows (approximately) the same trajectory in logit space as on the full features.
+3. **Features** (optional, off by default): standardised (mean / std of the subsample), then multiplied by a
+   fixed random orthonormal matrix Q (d, k), k = `projection_dim`, with the inner learning rate scaled by d / k
+   and the L2 penalty by k / d. A random projection keeps inner products up to the factor k / d and a relative
+   error of about 1 / sqrt(k) (Johnson-Lindenstrauss), and gradient descent on a linear head from zeros sees the
+   features only through inner products. But when the class signal is a small part of the feature norm, that
+   error swamps it: on the synthetic ImageNet-shaped features of benchmarks/bench_scale.py the outer loss with
+   k = 128 ranked a grid of policies differently from the full features (docs/scale.md). Hence off by default:
+   the reduced problem keeps the full features and is the same objective on fewer classes and rows.
 
 Everything else is `learn_beta_policy` unchanged: the same KD-aligned inner objective, inner budget rule, outer
-loss, hypergradient, discrete check against uniform and fallback. Below the threshold (CIFAR-10 with a
-ResNet-56 teacher: 650 parameters) the call is passed straight to `learn_beta_policy`.
+loss, hypergradient, discrete check against uniform and fallback. On the reduced path the inner fits run on
+CUDA when it is available and no device is given (as `influence_scores` does). Below the threshold (CIFAR-10
+with a ResNet-56 teacher: 650 parameters) the call is passed straight to `learn_beta_policy`.
 
-Cost, measured with `PolicyObjective` on one shared CPU core of this project's machine: 100 classes, 4,000 rows,
-k = 128 take 0.036 s per inner step (12 s per hypergradient); 1,000 classes and 2,000 rows at the same k take
-0.20 s per step (the element-wise softmax work over C x N dominates, so the projection alone buys little).
-docs/scale.md gives the whole policy stage as measured by benchmarks/bench_scale.py.
+Cost, measured with `PolicyObjective` on one shared CPU core of this project's machine (d = 2,048): 100 classes
+and 2,000 rows take 0.15 s per inner step (24 s per hypergradient), 4,000 rows 0.29 s (96 s: the steps grow with
+the rows too); 1,000 classes and 2,000 rows even projected to k = 128 take 0.20 s. docs/scale.md gives the whole
+policy stage as measured by benchmarks/bench_scale.py.
 """
 
 import logging
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
+import torch
 
 from . import policy
 from .policy import PolicyLearningResult, class_budgets
@@ -45,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 # Head size C (d + 1) above which the bilevel problem is solved on the reduced copy.
 MAX_HEAD_PARAMS = 50_000
-PROJECTION_DIM = 128
+PROJECTION_DIM: Optional[int] = None  # no projection (see the module docstring)
 MAX_CLASSES = 100
 
 
@@ -96,7 +102,7 @@ def learn_beta_policy_at_scale(
         max_head_params (`int`, *optional*): C (d + 1) above which the reduced path is taken; default
             `MAX_HEAD_PARAMS` (50,000).
         projection_dim (`int`, *optional*): k, the projected feature dimension (no projection when d <= k);
-            default `PROJECTION_DIM` (128).
+            default `PROJECTION_DIM` (None: no projection).
         max_classes (`int`, *optional*): classes kept on the reduced path; default `MAX_CLASSES` (100).
         chunk_size (`int`): rows per read from the (memory-mapped) arrays.
         kwargs: the other arguments of `learn_beta_policy` (alpha, temperature, outer_steps, outer_lr,
@@ -124,6 +130,8 @@ def learn_beta_policy_at_scale(
             features, logits, labels, u, ratio, val_indices, l2=l2, inner_lr=inner_lr, subsample=subsample,
             val_subsample=val_subsample, seed=seed, **kwargs,
         )  # fmt: skip
+    if kwargs.get("device") is None and torch.cuda.is_available():
+        kwargs["device"] = "cuda"  # the reduced problem is still large: as influence_scores, default to the GPU
     start = time.perf_counter()
     problem = reduce_policy_problem(
         features, logits, labels, u, val_indices, l2=l2, inner_lr=inner_lr, subsample=subsample,
@@ -188,13 +196,14 @@ def reduce_policy_problem(
 ) -> ReducedPolicyProblem:
     """Steps 1-3 of the module docstring: class subset, stratified rows read in chunks, standardised projection.
 
-    Arguments as in `learn_beta_policy_at_scale`; `projection_dim >= d` keeps the standardised features as they
-    are (then the learning rate and L2 are unchanged), `max_classes >= C` keeps every class.
+    Arguments as in `learn_beta_policy_at_scale`; `projection_dim` None (the default `PROJECTION_DIM`) or >= d
+    keeps the standardised features as they are (then the learning rate and L2 are unchanged), `max_classes >= C`
+    keeps every class.
     """
     projection_dim = PROJECTION_DIM if projection_dim is None else projection_dim
     max_classes = MAX_CLASSES if max_classes is None else max_classes
     for name, value in (("projection_dim", projection_dim), ("max_classes", max_classes), ("chunk_size", chunk_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
     n, d = features.shape
     C = logits.shape[1]
@@ -230,7 +239,7 @@ def reduce_policy_problem(
         z[block] = _read(logits, rows[block])[:, classes]
 
     # 3. Features: standardise with the training rows' statistics, project to k dims.
-    k = min(projection_dim, d)
+    k = d if projection_dim is None else min(projection_dim, d)
     mean = h[: len(train)].mean(0, dtype=np.float64)
     std = h[: len(train)].std(0, dtype=np.float64)
     std = np.where(std > 1e-12, std, 1.0)

@@ -191,6 +191,16 @@ def test_reduced_path_reads_only_its_classes_and_rows(tmp_path):
     assert first.history == again.history
 
 
+def test_reduced_path_keeps_the_features_by_default(monkeypatch):
+    monkeypatch.setattr(policy_scale, "MAX_HEAD_PARAMS", 0)  # reduce even this small head
+    outputs, u, val = policy_problem(n=1200, d=16, num_classes=6)
+    result = learn_beta_policy_at_scale(
+        outputs.features, outputs.logits, outputs.labels, u, 0.3, val, outer_steps=2, subsample=300, max_classes=3
+    )
+    info = result.info["reduced"]
+    assert (info["classes"], info["projection_dim"], info["inner_lr"], info["l2"]) == (3, 16, 0.1, 1e-3)
+
+
 def test_random_projection_is_orthonormal_and_seeded():
     q = random_projection(64, 16, seed=3)
     np.testing.assert_allclose(q.T @ q, np.eye(16), atol=1e-5)

@@ -83,6 +83,13 @@ class PrunerConfig:
     policy_b: Optional[float] = field(
         default=None, metadata={"help": "Fix the Beta policy's b (with policy_a) instead of learning it."}
     )
+    policy_max_ab: float = field(
+        default=50.0,
+        metadata={
+            "help": "The learned a and b stay in [max(0.1, 1 / policy_max_ab), policy_max_ab]: 50 reaches keep-the-top; "
+            "2 allows only mild leans from uniform (see docs/results.md for why that matters)."
+        },
+    )
     outer_steps: int = field(default=20, metadata={"help": "Outer (hypergradient) steps of the bilevel policy learning."})
     outer_lr: float = field(default=0.2, metadata={"help": "Adam learning rate on (log a, log b)."})
     inner_epochs: float = field(
@@ -105,6 +112,8 @@ class PrunerConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not 1.0 < self.policy_max_ab <= 50.0:
+            raise ValueError(f"policy_max_ab must be in (1, 50], got {self.policy_max_ab}.")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}.")
         if self.hessian not in HESSIAN_MODES:

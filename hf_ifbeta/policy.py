@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 # Box of the outer problem on (log a, log b): Beta(0.1, .) is already an extreme two-tailed
 # policy, Beta(50, 1) keeps essentially the top of each class.
-LOG_AB_MIN, LOG_AB_MAX = math.log(0.1), math.log(50.0)
+MIN_AB, MAX_AB = 0.1, 50.0
+LOG_AB_MIN, LOG_AB_MAX = math.log(MIN_AB), math.log(MAX_AB)
 # Weights below exp(-700) of the largest are floored there: every row keeps a positive weight,
 # so the soft budget is always reachable (float64 exp underflows at about -745).
 _LOG_WEIGHT_FLOOR = -700.0
@@ -545,6 +546,7 @@ def learn_beta_policy(
     val_subsample: Optional[int] = 2_000,
     eval_seeds: int = 3,
     num_threads: Optional[int] = 1,
+    max_ab: float = 50.0,
 ) -> PolicyLearningResult:
     """Learn the Beta policy's (a, b) by minimising the proxy validation KD loss (bilevel, hypergradient).
 
@@ -577,6 +579,8 @@ def learn_beta_policy(
         device: torch device of the inner fits.
         val_subsample (`int`, *optional*): cap on the validation rows used (stratified); None = all.
         eval_seeds (`int`): discrete subsets per policy in the final check.
+        max_ab (`float`): the outer search stays in a, b in [max(0.1, 1 / max_ab), max_ab]. 50 lets the policy reach
+            keep-the-top; a small box (e.g. 2) allows only mild leans away from uniform.
         num_threads (`int`, *optional*): torch CPU threads while learning (restored after); None leaves
             torch's setting. The inner ops are small (C x n), and on a busy machine more threads than
             free cores stall them (measured: 2 threads 3-10x slower than 1 on 2 shared cores).
@@ -602,7 +606,7 @@ def learn_beta_policy(
             alpha=alpha, temperature=temperature, l2=l2, outer_steps=outer_steps, outer_lr=outer_lr,
             inner_epochs=inner_epochs, inner_batch_size=inner_batch_size, inner_lr=inner_lr,
             subsample=subsample, stratify=stratify, seed=seed, device=device,
-            val_subsample=val_subsample, eval_seeds=eval_seeds,
+            val_subsample=val_subsample, eval_seeds=eval_seeds, max_ab=max_ab,
         )  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
@@ -610,7 +614,7 @@ def learn_beta_policy(
 
 def _learn_beta_policy(
     features, logits, labels, u, ratio, val_indices, *, alpha, temperature, l2, outer_steps, outer_lr,
-    inner_epochs, inner_batch_size, inner_lr, subsample, stratify, seed, device, val_subsample, eval_seeds,
+    inner_epochs, inner_batch_size, inner_lr, subsample, stratify, seed, device, val_subsample, eval_seeds, max_ab,
 ) -> PolicyLearningResult:  # fmt: skip
     start = time.perf_counter()
     features, logits, labels = _check_arrays(features, logits, labels)
@@ -628,6 +632,8 @@ def _learn_beta_policy(
         raise ValueError(f"outer_steps must be >= 1, got {outer_steps}.")
     if eval_seeds < 1:
         raise ValueError(f"eval_seeds must be >= 1, got {eval_seeds}.")
+    if not 1.0 < max_ab <= MAX_AB:
+        raise ValueError(f"max_ab must be in (1, {MAX_AB:g}], got {max_ab}.")
     for name, value in (("subsample", subsample), ("val_subsample", val_subsample)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1 or None, got {value}.")
@@ -659,7 +665,7 @@ def _learn_beta_policy(
         m1 = beta1 * m1 + (1 - beta1) * grad
         m2 = beta2 * m2 + (1 - beta2) * grad**2
         theta = theta - outer_lr * (m1 / (1 - beta1 ** (step + 1))) / (np.sqrt(m2 / (1 - beta2 ** (step + 1))) + eps)
-        theta = np.clip(theta, LOG_AB_MIN, LOG_AB_MAX)
+        theta = np.clip(theta, max(LOG_AB_MIN, -math.log(max_ab)), math.log(max_ab))
     best = min(history, key=lambda h: h["loss"])
     learned = BetaPolicy(best["a"], best["b"])
     learn_time = time.perf_counter() - start

@@ -611,6 +611,7 @@ class IFBeta(PruningMethod):
                 inner_batch_size=config.inner_batch_size,
                 inner_lr=config.inner_lr,
                 subsample=config.policy_subsample,
+                max_ab=config.policy_max_ab,
                 stratify=config.stratify,
                 seed=seed,
                 device=context.device,

@@ -369,3 +369,22 @@ def test_learn_beta_policy_bad_inputs():
         learn_beta_policy(x, z, y, np.linspace(0, 1, 200), 0.5, val)
     with pytest.raises(ValueError, match="val_indices"):
         learn_beta_policy(x, z, y, u, 0.5, np.array([0, 200]))
+
+
+def test_max_ab_bounds_the_learned_policy():
+    """Every outer iterate stays in the box (and the search does reach its edge); a box of 1 is refused."""
+    rng = np.random.default_rng(0)
+    n, d, c = 900, 6, 3
+    labels = rng.integers(0, c, n)
+    centers = rng.normal(0, 2, (c, d))
+    features = centers[labels] + rng.normal(0, 1.5, (n, d))
+    logits = features @ centers.T
+    u = rank_positions(-np.abs(rng.normal(size=n)) + 0.5 * (logits.argmax(1) == labels), labels)
+    val = np.arange(0, n, 6)
+    kwargs = dict(outer_steps=6, outer_lr=0.5, inner_epochs=5, subsample=None, seed=0)
+    narrow = learn_beta_policy(features, logits, labels, u, 0.5, val, max_ab=1.5, **kwargs)
+    for h in narrow.history:
+        assert 1 / 1.5 - 1e-9 <= h["a"] <= 1.5 + 1e-9 and 1 / 1.5 - 1e-9 <= h["b"] <= 1.5 + 1e-9
+    assert any(max(abs(math.log(h["a"])), abs(math.log(h["b"]))) > math.log(1.5) - 1e-6 for h in narrow.history)
+    with pytest.raises(ValueError, match="max_ab"):
+        learn_beta_policy(features, logits, labels, u, 0.5, val, max_ab=1.0, **kwargs)

@@ -221,17 +221,50 @@ class _Data:
 
 
 def _read_rows(array, rows: np.ndarray) -> np.ndarray:
-    """An in-memory copy of `array[rows]` (rows: sorted ids), then the release of a memory map's pages.
+    """An in-memory copy of `array[rows]` (rows: sorted ids) that leaves no page of a memory map resident.
 
-    A sorted run of consecutive rows is read as a slice (sequential reads, no gather). Pages of a read-only
-    `np.memmap` stay in the process's resident set once touched, so that streaming a 10 GB cache would grow the
-    RSS to 10 GB; `MADV_DONTNEED` drops them from this process (they stay in the page cache, reclaimable), which
-    keeps the resident memory O(chunk_size) whatever n.
+    A page of a memory map that has been read stays in the process's resident set (and in `ru_maxrss`) until
+    the kernel needs the memory, and a fault maps a whole page-cache folio around the row (up to megabytes on
+    recent kernels), so reading a 10 GB cache through `np.memmap` shows up to a 10 GB RSS, and even a sparse
+    gather maps far more than its rows. A read-only `np.memmap` of a file is therefore read with plain file
+    reads, one per run of consecutive rows, into a fresh buffer: the RSS grows by the copy only, and the page
+    cache (reclaimable) does the caching. Any other array is indexed (a run of consecutive rows as a slice).
     """
-    index = slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) and rows[-1] - rows[0] + 1 == len(rows) else rows
-    out = np.array(array[index])  # a copy in every case (a slice of a memmap would be a view)
-    _release_pages(array)
+    rows = np.asarray(rows, dtype=np.int64)
+    source = _file_rows(array)
+    if source is None or len(rows) == 0:
+        consecutive = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+        out = np.array(array[slice(int(rows[0]), int(rows[-1]) + 1) if consecutive else rows])  # always a copy
+        _release_pages(array)
+        return out
+    path, first, row_bytes = source
+    out = np.empty((len(rows),) + tuple(array.shape[1:]), dtype=array.dtype)
+    buffer = memoryview(out.reshape(-1).view(np.uint8))
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    with open(path, "rb", buffering=0) as f:
+        for s, e in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):  # runs rows[s:e] of consecutive ids
+            f.seek(first + int(rows[s]) * row_bytes)
+            target, done = buffer[s * row_bytes : e * row_bytes], 0
+            while done < len(target):
+                got = f.readinto(target[done:])
+                if not got:
+                    raise EOFError(f"{path} ended before row {int(rows[e - 1])}: the file is shorter than the array.")
+                done += got
     return out
+
+
+def _file_rows(array) -> Optional[Tuple[str, int, int]]:
+    """`(path, file offset of row 0, bytes per row)` of a read-only `np.memmap` with C-contiguous rows, else None."""
+    mm, path = getattr(array, "_mmap", None), getattr(array, "filename", None)
+    if mm is None or path is None or getattr(array, "mode", None) != "r" or not array.flags.c_contiguous:
+        return None
+    try:
+        base = np.frombuffer(mm, dtype=np.uint8).ctypes.data  # address of the map's first byte
+    except (TypeError, ValueError, BufferError):
+        return None
+    # np.memmap maps from `offset` rounded down to the allocation granularity; views share the map.
+    map_start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+    return path, map_start + (array.ctypes.data - base), array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
 
 
 def _release_pages(array) -> None:

@@ -279,9 +279,7 @@ def _stratified(rows: np.ndarray, labels: np.ndarray, size: Optional[int], rng: 
 
 
 def _read(array, rows: np.ndarray) -> np.ndarray:
-    """`array[rows]` as float32 in memory; a read-only memmap's pages are dropped from this process afterwards."""
-    from .influence import _release_pages
+    """`array[rows]` (sorted ids) as float32 in memory, read without keeping a memory map's pages resident."""
+    from .influence import _read_rows
 
-    out = np.asarray(array[rows], dtype=np.float32)
-    _release_pages(array)
-    return out
+    return _read_rows(array, rows).astype(np.float32, copy=False)

@@ -143,9 +143,20 @@ def test_streaming_a_memmap_keeps_its_pages_out_of_the_resident_set(tmp_path):
         np.array(features[s : s + 1024])
     assert _rss_file_bytes() - before > 48 * 2**20
 
-    # Gathers (sorted row ids) are released too, and return what plain indexing returns.
-    rows = np.sort(np.random.default_rng(0).choice(n, 300, replace=False))
-    np.testing.assert_array_equal(_read_rows(features, rows), np.asarray(features[rows]))
+    # Sparse gathers (sorted row ids, runs of neighbours included) map nothing either, and equal plain indexing,
+    # also on views of the map (a slice starts inside the file) and on 1-D arrays.
+    features = np.load(tmp_path / "features.npy", mmap_mode="r")
+    rows = np.sort(np.random.default_rng(0).choice(n, 3000, replace=False))
+    rows = np.unique(np.concatenate([rows, np.arange(500, 530)]))
+    before = _rss_file_bytes()
+    gathered = _read_rows(features, rows)
+    assert _rss_file_bytes() - before < 4 * 2**20
+    np.testing.assert_array_equal(gathered, np.asarray(features[rows]))
+    view = features[1000:]
+    np.testing.assert_array_equal(_read_rows(view, rows[:100]), np.asarray(view[rows[:100]]))
+    np.save(tmp_path / "labels.npy", np.arange(n, dtype=np.int64) * 7)
+    labels = np.load(tmp_path / "labels.npy", mmap_mode="r")
+    np.testing.assert_array_equal(_read_rows(labels, rows), rows * 7)
 
 
 # ---------------------------------------------------------------------------------------------------------

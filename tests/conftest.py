@@ -12,6 +12,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: integration tests on real data or several processes (still run in CI)")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-tensor tests (restored after): more threads than free cores
+    make small ops wait on each other, which on a shared 2-core machine slowed such files 6x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "data" / "cifar10" / "train.parquet").exists():

@@ -25,14 +25,9 @@ _spec.loader.exec_module(two_proc)
 PASS = dict(batch_size=5, chunk_size=10, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Batches of 5 tiny images: a second intra-op thread only adds synchronisation, and on a busy
-    # 2-core machine it made this file 6x slower (88 s vs 15 s measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Batches of 5 tiny images: a second intra-op thread only adds synchronisation, and on a busy
+# 2-core machine it made this file 6x slower (88 s vs 15 s measured).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,8 @@ from hf_ifbeta.influence import (
 from hf_ifbeta.losses import kd_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: on a shared CPU, OpenMP hand-offs cost more than the maths.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a shared CPU, OpenMP hand-offs cost more than the maths.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_problem(n=300, d=5, num_classes=3, flip=0.0, teacher_noise=1.0, clean_rows=None, seed=0):

@@ -17,13 +17,8 @@ from hf_ifbeta.pruner import validation_split
 from hf_ifbeta.scorers import ScoringContext, get_method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on a shared CPU; also makes float32 reductions run in one fixed order.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors on a shared CPU; also makes float32 reductions run in one fixed order.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def teacher_outputs(n=3000, d=24, num_classes=10, flip=0.1, seed=0):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import datasets
-import numpy as np
 import torch.nn as nn
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi, ModelCard, ModelCardData, snapshot_download
 

@@ -4,7 +4,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 import timm
 import torch
 import torch.nn.functional as F

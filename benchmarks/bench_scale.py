@@ -55,6 +55,7 @@ SETTINGS = dict(
     hessian="kfac",
     stream_chunk_size=65_536,
     fit_subsample=32_768,
+    cross_fit=True,
     fit_max_iter=100,
     cg_max_iter=100,
     cg_tol=1e-5,
@@ -63,7 +64,9 @@ SETTINGS = dict(
     policy_subsample=2000,
     outer_steps=20,
 )
-STAGES = ("load", "val_split", "scan", "gather", "fit", "val_grad", "hessian", "solve", "scores", "policy", "select")
+STAGES = (
+    "load", "val_split", "scan", "gather", "fit", "val_grad", "hessian", "solve", "cross_fit", "scores", "policy", "select"
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- synthetic teacher outputs
@@ -188,11 +191,11 @@ def run_pipeline(data_dir: Path, settings: Dict[str, Any]) -> Dict[str, Any]:
         outputs.features, outputs.logits, outputs.labels, val, alpha=config.alpha, temperature=config.temperature,
         l2=config.l2, hessian=config.hessian, cg_max_iter=config.cg_max_iter, cg_tol=config.cg_tol,
         fit_max_iter=config.fit_max_iter, fit_subsample=config.fit_subsample, init_head=outputs.head,
-        chunk_size=config.stream_chunk_size, seed=config.seed,
+        chunk_size=config.stream_chunk_size, seed=config.seed, cross_fit=s["cross_fit"],
     )  # fmt: skip
     t_end = time.perf_counter()
-    for name in ("scan", "gather", "fit", "val_grad", "hessian", "solve", "scores"):  # run in this order
-        bounds[name] = (t, t + influence.info["timings_s"][name])
+    for name in ("scan", "gather", "fit", "val_grad", "hessian", "solve", "cross_fit", "scores"):  # in this order
+        bounds[name] = (t, t + influence.info["timings_s"].get(name, 0.0))
         t = bounds[name][1]
     t = t_end
     method = get_method("if-beta")
@@ -231,7 +234,7 @@ def run_pipeline(data_dir: Path, settings: Dict[str, Any]) -> Dict[str, Any]:
         "influence": {
             k: info.get(k)
             for k in ("n_fit", "n_val", "fit_loss", "fit_grad_max", "fit_iterations", "fit_evaluations", "fit_converged",
-                      "cg_iterations", "residual", "cg_converged", "val_loss")
+                      "cg_iterations", "residual", "cg_converged", "val_loss", "cross_fit")
         },  # fmt: skip
     }
 
@@ -383,6 +386,17 @@ def measure_budgets(data_dir: Path, n: int = 20_000, fit_subsample: int = 8192) 
     logits16 = np.asarray(outputs.logits).astype(np.float16)
     compare("float16 logits, fit 100, cg 40", *run(logits=logits16, fit_max_iter=100, cg_max_iter=40, cg_tol=1e-12))
     compare("fit subsample seed 1, fit 100, cg 40", *run(seed=1, fit_max_iter=100, cg_max_iter=40, cg_tol=1e-12))
+    plain = dict(fit_max_iter=100, cg_max_iter=40, cg_tol=1e-12, cross_fit=False)
+    reference_plain, seconds = run(**plain)
+    rows.append({"run": "no cross-fit, fit 100, cg 40", "seconds": seconds, **_solver_info(reference_plain)})
+    other_plain, seconds = run(seed=1, **plain)
+    rows.append({
+        "run": "no cross-fit: fit subsample seed 1 against seed 0", "seconds": seconds, **_solver_info(other_plain),
+        "spearman": float(spearmanr(other_plain.scores, reference_plain.scores)[0]),
+        "pearson": float(pearsonr(other_plain.scores, reference_plain.scores)[0]),
+        "kept_overlap": float(len(np.intersect1d(kept(other_plain), kept(reference_plain))) / len(ref_kept)),
+    })  # fmt: skip
+    print(json.dumps(rows[-1]), flush=True)
     landscape = policy_landscape(outputs, rank_positions(reference.scores, labels), val)
     shutil.rmtree(data_dir, ignore_errors=True)
     return {

@@ -661,12 +661,14 @@ def influence_scores(
     chunk_size: int = 65_536,
     seed: int = 0,
     device: Optional[Any] = None,
+    cross_fit: bool = True,
 ) -> InfluenceOutput:
     """Influence of every row on the validation KD loss of a linear proxy head on teacher features.
 
     Fits `theta* = [W | b]` on every row outside `val_indices` (or a random `fit_subsample` of them) with
     full-batch L-BFGS, then scores all n rows: `s_i = g_V^T H^{-1} grad l_i(theta*)`, where `g_V` is the
-    gradient of the mean loss over the validation slice and H the Hessian of the fitted objective.
+    gradient of the mean loss over the validation slice and H the Hessian of the fitted objective. With a
+    `fit_subsample` (and `cross_fit`), the subsample's own rows are scored by a second head (see `cross_fit`).
 
     Args:
         features (`np.ndarray`): (n, d) teacher pre-logit features, float32 or float16; may be a `np.memmap`.
@@ -683,6 +685,14 @@ def influence_scores(
         cg_max_iter (`int`), cg_tol (`float`): CG budget and relative-residual target on the kfac path.
         fit_max_iter (`int`): L-BFGS iterations of the fit.
         fit_subsample (`int`, *optional*): fit (and take H) on this many random training rows.
+        cross_fit (`bool`): with `fit_subsample`, score the subsample's own rows with a second head fitted (and
+            solved) on a disjoint random subsample of the same size. A head fitted on a subsample nearly
+            interpolates its own rows when it has many more parameters than they constrain (ImageNet: 2 M
+            parameters, 32 k rows), so their gradients, hence scores, are systematically small: measured on
+            ImageNet-shaped data, in-sample rows scored a median 2.9 against 12.7 for the others, and changing
+            the subsample's seed left a rank correlation of 0.40 over all rows against 0.98 over the rows outside
+            both subsamples. Cross-fitting gives every row a score from a head that did not see it; it doubles
+            the cost of the fit and the solve.
         init_head (`Tuple[np.ndarray, np.ndarray]`, *optional*): warm start (W (C, d), b (C,)) acting on raw
             features, e.g. the teacher's own classifier.
         self_influence (`bool`): also return `grad l_i^T H^{-1} grad l_i` (EK-FAC approximation on kfac).
@@ -719,24 +729,96 @@ def influence_scores(
     timings["scan"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    fit_rows = np.setdiff1d(np.arange(n, dtype=np.int64), val, assume_unique=True)
-    if fit_subsample is not None and fit_subsample < len(fit_rows):
+    train_rows = np.setdiff1d(np.arange(n, dtype=np.int64), val, assume_unique=True)
+    fit_rows, second_rows = train_rows, None
+    if fit_subsample is not None and fit_subsample < len(train_rows):
         rng = np.random.default_rng(seed)
-        fit_rows = np.sort(rng.choice(fit_rows, size=fit_subsample, replace=False))
-        # The subsample is read from disk once and kept in memory with its per-row terms: the fit, the
-        # Hessian and every CG iteration pass over it many times. Memory O(fit_subsample (d + 3 C)), not O(n).
+        fit_rows = np.sort(rng.choice(train_rows, size=fit_subsample, replace=False))
+        if cross_fit:
+            # A second head on a disjoint subsample scores the first subsample's rows (see the docstring).
+            rest = np.setdiff1d(train_rows, fit_rows, assume_unique=True)
+            second_rows = np.sort(rng.choice(rest, size=min(fit_subsample, len(rest)), replace=False))
+    timings["gather"] = time.perf_counter() - clock
+
+    settings = dict(
+        alpha=alpha, temperature=temperature, reg=_reg_diag(d, l2, device), init_head=init_head,
+        fit_max_iter=fit_max_iter, cg_max_iter=cg_max_iter, cg_tol=cg_tol, path=path,
+    )  # fmt: skip
+    head = _solve_head(data, fit_rows, val, settings, timings)
+    info: Dict[str, Any] = {
+        "hessian": path,
+        "num_params": P,
+        "n_rows": n,
+        "n_fit": len(fit_rows),
+        "n_val": len(val),
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+        **head.info,
+    }
+    second = None
+    if second_rows is not None and len(second_rows):
+        clock = time.perf_counter()
+        second_timings: Dict[str, float] = {}
+        second = _solve_head(data, second_rows, val, settings, second_timings)
+        timings["cross_fit"] = time.perf_counter() - clock
+        info["cross_fit"] = {"n_fit": len(second_rows), **second.info, "timings_s": second_timings}
+
+    # Scores (and self-influence) of every row in one streamed pass: s_i = e_i^T V x_i; then the first fit
+    # subsample's rows again, with the second head, when cross-fitting.
+    clock = time.perf_counter()
+    scores = np.empty(n, dtype=np.float64)
+    self_inf = np.empty(n, dtype=np.float64) if self_influence else None
+    _score_rows(data, np.arange(n, dtype=np.int64), head, scores, self_inf, alpha, temperature)
+    if second is not None:
+        _score_rows(data, fit_rows, second, scores, self_inf, alpha, temperature)
+    timings["scores"] = time.perf_counter() - clock
+    info["timings_s"] = timings
+
+    theta = head.theta
+    return InfluenceOutput(
+        scores=scores,
+        self_influence=self_inf,
+        weight=theta[:, :d].cpu().numpy(),
+        bias=theta[:, d].cpu().numpy(),
+        mean=data.mean.cpu().numpy(),
+        std=data.std.cpu().numpy(),
+        info=info,
+    )
+
+
+@dataclass
+class _Head:
+    """A fitted head theta (C, d + 1), v = H^-1 g_V (C, d + 1), and what self-influence needs: the Cholesky
+    factor L (exact path) or the EK-FAC preconditioner (kfac path)."""
+
+    theta: torch.Tensor
+    v: torch.Tensor
+    cholesky: Optional[torch.Tensor]
+    precond: Optional["_EKFAC"]
+    info: Dict[str, Any]
+
+
+def _solve_head(data: _Data, fit_rows: np.ndarray, val: np.ndarray, settings: Dict[str, Any], timings) -> _Head:
+    """Fit the head on `fit_rows`, take g_V on `val` and solve H v = g_V with H on `fit_rows`."""
+    alpha, temperature, reg, path = settings["alpha"], settings["temperature"], settings["reg"], settings["path"]
+    cg_tol, cg_max_iter = settings["cg_tol"], settings["cg_max_iter"]
+    C, D, dtype, device = data.num_classes, data.d + 1, data.dtype, data.device
+    P = C * D
+    clock = time.perf_counter()
+    if len(fit_rows) < len(data.labels) - len(val):
+        # A subsample is read from disk once and kept in memory with its per-row terms: the fit, the Hessian
+        # and every CG iteration pass over it many times. Memory O(fit_subsample (d + 5 C)), not O(n).
         fit = data.subset(fit_rows).stream(np.arange(len(fit_rows)), keep=True)
     else:
         # All training rows: streamed from the (memory-mapped) arrays at every pass; kept only if one chunk.
         fit = data.stream(fit_rows, keep=len(fit_rows) <= data.chunk_size)
-    reg = _reg_diag(d, l2, device)
-    timings["gather"] = time.perf_counter() - clock
+    timings["gather"] = timings.get("gather", 0.0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    theta0 = _initial_head(init_head, C, d, data.mean, data.std, device)
+    theta0 = _initial_head(settings["init_head"], C, data.d, data.mean, data.std, device)
     # Tolerances at the working precision of the per-row maths (float64 or float32).
     grad_tol, change_tol = (1e-10, 1e-15) if dtype == torch.float64 else (1e-6, 1e-9)
-    theta, fit_info = _fit_head(fit, theta0, alpha, temperature, reg, fit_max_iter, grad_tol, change_tol)
+    theta, info = _fit_head(fit, theta0, alpha, temperature, reg, settings["fit_max_iter"], grad_tol, change_tol)
     timings["fit"] = time.perf_counter() - clock
     token = object()  # identifies theta* in the chunk memo
 
@@ -749,20 +831,11 @@ def influence_scores(
         g_val += (e.T @ chunk.x).to(torch.float64)
         val_loss += float(rows_loss.sum(dtype=torch.float64))
     g_val /= len(val)
+    info["val_loss"] = val_loss / len(val)
     timings["val_grad"] = time.perf_counter() - clock
-    clock = time.perf_counter()
 
-    info: Dict[str, Any] = {
-        "hessian": path,
-        "num_params": P,
-        "n_rows": n,
-        "n_fit": len(fit_rows),
-        "n_val": len(val),
-        "val_loss": val_loss / len(val),
-        "dtype": str(dtype).replace("torch.", ""),
-        "device": str(device),
-        **fit_info,
-    }
+    clock = time.perf_counter()
+    L = precond = None
     if path == "exact":
         H = _dense_hessian(fit, theta, token, alpha, temperature, reg)
         # Gauge scale: the mean diagonal of H (any kappa > 0 gives the same scores; this one conditions well).
@@ -775,7 +848,6 @@ def influence_scores(
         residual = float((H @ v.reshape(P) - g_val.reshape(P)).norm()) / g_norm if g_norm > 0 else 0.0
         info.update(cg_iterations=0, residual=residual, jitter=jitter)
         del H
-        precond = None
     else:
         precond = _EKFAC(fit, theta, token, alpha, temperature, reg)
         timings["hessian"] = time.perf_counter() - clock
@@ -795,39 +867,25 @@ def influence_scores(
                 f"(target {cg_tol:.1g}): scores are approximate; raise cg_max_iter or l2."
             )
     timings["solve"] = time.perf_counter() - clock
-    fit = matvec = None  # the kept fit rows and their per-row terms are no longer needed: free them before the pass
+    return _Head(theta=theta, v=v, cholesky=L, precond=precond, info=info)  # the kept fit rows are freed here
 
-    # Scores (and self-influence) of every row in one streamed pass: s_i = e_i^T V x_i.
-    clock = time.perf_counter()
-    scores = np.empty(n, dtype=np.float64)
-    self_inf = np.empty(n, dtype=np.float64) if self_influence else None
-    all_rows = np.arange(n, dtype=np.int64)
-    v_c = v.to(dtype)
-    theta_v = torch.cat([theta.to(dtype), v_c])  # (2 C, d + 1): one matmul gives both f_i and V x_i
-    for chunk in data.stream(all_rows):
-        rows = all_rows[chunk.index]
+
+def _score_rows(data: _Data, rows: np.ndarray, head: _Head, scores, self_inf, alpha, temperature) -> None:
+    """`scores[rows] = e_i^T V x_i` (and self-influence) at `head`, streamed in chunks of the sorted `rows`."""
+    C, dtype = data.num_classes, data.dtype
+    theta_v = torch.cat([head.theta.to(dtype), head.v.to(dtype)])  # (2 C, d + 1): one matmul gives f_i and V x_i
+    for chunk in data.stream(rows):
+        ids = rows[chunk.index]
         f_and_vx = chunk.x @ theta_v.T  # (m, 2 C)
         chunk.targets = _soft_targets(chunk.z, temperature)
         _, e, _, _ = _row_terms(f_and_vx[:, :C], chunk.y, chunk.targets, alpha, temperature)
-        scores[rows] = (e * f_and_vx[:, C:]).sum(1).cpu().numpy()
+        scores[ids] = (e * f_and_vx[:, C:]).sum(1).cpu().numpy()
         del f_and_vx
         if self_inf is not None:
-            if precond is None:
-                self_inf[rows] = _exact_self_influence(L, e, chunk.x).cpu().numpy()
+            if head.precond is None:
+                self_inf[ids] = _exact_self_influence(head.cholesky, e, chunk.x).cpu().numpy()
             else:
-                self_inf[rows] = precond.self_influence(e, chunk.x).cpu().numpy()
-    timings["scores"] = time.perf_counter() - clock
-    info["timings_s"] = timings
-
-    return InfluenceOutput(
-        scores=scores,
-        self_influence=self_inf,
-        weight=theta[:, :d].cpu().numpy(),
-        bias=theta[:, d].cpu().numpy(),
-        mean=data.mean.cpu().numpy(),
-        std=data.std.cpu().numpy(),
-        info=info,
-    )
+                self_inf[ids] = head.precond.self_influence(e, chunk.x).cpu().numpy()
 
 
 def _exact_self_influence(L: torch.Tensor, e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -334,9 +334,10 @@ def test_standardisation_is_a_reparametrisation_without_l2():
 def test_fit_subsample_fits_on_that_many_random_rows():
     h, z, y, _ = make_problem(seed=12)
     val = np.arange(0, 300, 5)
-    out = influence_scores(h, z, y, val, standardize=False, fit_subsample=100, seed=3)
+    # cross_fit=False: every row scored by the head fitted on the subsample (tests/test_scale.py covers cross-fitting)
+    out = influence_scores(h, z, y, val, standardize=False, fit_subsample=100, seed=3, cross_fit=False)
     assert out.info["n_fit"] == 100 and out.scores.shape == (300,) and np.isfinite(out.scores).all()
-    again = influence_scores(h, z, y, val, standardize=False, fit_subsample=100, seed=3)
+    again = influence_scores(h, z, y, val, standardize=False, fit_subsample=100, seed=3, cross_fit=False)
     np.testing.assert_array_equal(again.scores, out.scores)
     # The same head as a fit on exactly those rows (the subsample the seed draws, plus the validation slice).
     fit = np.setdiff1d(np.arange(300), val)
@@ -345,7 +346,7 @@ def test_fit_subsample_fits_on_that_many_random_rows():
     alone = influence_scores(h[keep], z[keep], y[keep], np.searchsorted(keep, val), standardize=False)
     np.testing.assert_allclose(out.weight, alone.weight, atol=1e-7)
     np.testing.assert_allclose(out.scores[keep], alone.scores, rtol=1e-6, atol=1e-9)
-    other = influence_scores(h, z, y, val, standardize=False, fit_subsample=100, seed=4)
+    other = influence_scores(h, z, y, val, standardize=False, fit_subsample=100, seed=4, cross_fit=False)
     assert not np.allclose(other.weight, out.weight)
 
 

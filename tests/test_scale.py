@@ -53,20 +53,42 @@ def on_disk(outputs: TeacherOutputs, path) -> TeacherOutputs:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_streamed_kfac_on_a_fit_subsample_agrees_with_the_exact_in_memory_path(tmp_path):
-    outputs = teacher_outputs()
+@pytest.mark.parametrize("cross_fit", [True, False])
+def test_streamed_kfac_on_a_fit_subsample_agrees_with_the_exact_in_memory_path(tmp_path, cross_fit):
+    outputs = teacher_outputs(n=8000)
     val = validation_split(outputs.labels, 0.1, 2000, seed=0)
     exact = influence_scores(outputs.features, outputs.logits, outputs.labels, val, hessian="exact")
     cached = on_disk(outputs, tmp_path / "cache")
     scale = influence_scores(
-        cached.features, cached.logits, cached.labels, val, hessian="kfac", fit_subsample=1500, chunk_size=256,
-        init_head=cached.head,
+        cached.features, cached.logits, cached.labels, val, hessian="kfac", fit_subsample=3000, chunk_size=256,
+        init_head=cached.head, cross_fit=cross_fit,
     )  # fmt: skip
-    assert exact.info["hessian"] == "exact" and exact.info["n_fit"] == 3000 - len(val)
-    assert scale.info["hessian"] == "kfac" and scale.info["n_fit"] == 1500
+    assert exact.info["hessian"] == "exact" and exact.info["n_fit"] == 8000 - len(val)
+    assert scale.info["hessian"] == "kfac" and scale.info["n_fit"] == 3000
     assert scale.info["residual"] <= 1e-4
     r = pearsonr(exact.scores, scale.scores)[0]
     assert r >= 0.9, f"Pearson {r:.3f} between the scale path and the exact path"
+
+
+def test_cross_fit_scores_the_fit_subsample_with_a_head_that_did_not_see_it():
+    # 300 fit rows for a 1,300-parameter head: it nearly interpolates them, so their own gradients are small.
+    outputs = teacher_outputs(n=3000, d=64, num_classes=20)
+    val = validation_split(outputs.labels, 0.1, 2000, seed=0)
+    args = (outputs.features, outputs.logits, outputs.labels, val)
+    kwargs = dict(hessian="kfac", fit_subsample=300, init_head=outputs.head, seed=0)
+    plain = influence_scores(*args, cross_fit=False, **kwargs)
+    crossed = influence_scores(*args, **kwargs)  # cross_fit=True is the default
+    sub = np.zeros(3000, bool)
+    sub[np.random.default_rng(0).choice(np.setdiff1d(np.arange(3000), val), 300, replace=False)] = True
+
+    def in_over_out(scores):
+        return np.median(np.abs(scores[sub])) / np.median(np.abs(scores[~sub]))
+
+    assert in_over_out(plain.scores) < 0.3  # the bias cross-fitting removes
+    assert 0.6 < in_over_out(crossed.scores) < 1.6
+    np.testing.assert_array_equal(crossed.scores[~sub], plain.scores[~sub])  # the first head scores the rest
+    assert crossed.info["cross_fit"]["n_fit"] == 300 and "cross_fit" in crossed.info["timings_s"]
+    assert "cross_fit" not in influence_scores(*args, hessian="kfac").info  # no subsample, nothing to cross
 
 
 @pytest.mark.parametrize("method", ["influence", "if-beta", "if-beta-reduced"])

@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import datasets
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -153,6 +154,15 @@ def find_image_column(dataset: datasets.Dataset, image_column: Optional[str] = N
     return candidates[0]
 
 
+def column_values(dataset: datasets.Dataset, column: str):
+    """One column of `dataset` as a NumPy array, read in one Arrow slice.
+
+    `dataset.with_format("numpy")[column]` is a lazy `Column` whose conversion formats the rows one by one
+    (2.4 s for 50,000 labels; 24 s through `torch.as_tensor`); slicing the one-column dataset takes 15 ms.
+    """
+    return np.asarray(dataset.select_columns([column]).with_format("numpy")[:][column])
+
+
 def check_columns(
     dataset: datasets.Dataset, image_column: Optional[str], label_column: str, num_classes: Optional[int] = None
 ) -> str:
@@ -170,7 +180,7 @@ def check_columns(
             "Pass label_column=..."
         )
     if num_classes is not None:
-        labels = torch.as_tensor(dataset.with_format("numpy")[label_column])
+        labels = torch.as_tensor(column_values(dataset, label_column))
         bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
         if len(bad):
             row = int(bad[0])

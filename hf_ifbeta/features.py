@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import check_columns, decode_image, eval_transform
+from .data import check_columns, column_values, decode_image, eval_transform
 
 __all__ = ["TeacherOutputs", "compute_teacher_outputs", "default_cache_dir"]
 
@@ -259,7 +259,7 @@ def _run_chunks(
     from tqdm.auto import tqdm
 
     n = len(dataset)
-    labels = np.asarray(dataset.with_format("numpy")[label_column], dtype=np.int64)
+    labels = column_values(dataset, label_column).astype(np.int64, copy=False)
     # (chunk, start, stop) of every batch of this process's chunks; a batch never straddles two chunks.
     spans = []
     for k in todo:

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from . import __version__
 from .config import PrunerConfig
+from .data import column_values
 from .features import TeacherOutputs, compute_teacher_outputs
 from .models import load_model
 from .policy import check_ratio
@@ -140,7 +141,7 @@ class PruningResult:
         # another split of the same length changes the labels too, so compare those row by row.
         label_column = self.config.get("label_column", "label")
         if label_column in dataset.column_names:
-            labels = np.asarray(dataset.with_format("numpy")[label_column])
+            labels = column_values(dataset, label_column)
             differ = np.flatnonzero(labels != self.labels)
             if differ.size == 0:
                 return

@@ -84,6 +84,44 @@ def table(summary, profile) -> str:
     return "\n".join(lines)
 
 
+def verdict(summary, ratios=(0.3, 0.5, 0.7), margin=0.5):
+    """Issue 4's criterion per method: mean over seeds >= random's at every ratio, and >= `margin` points on
+    the average over the ratios. Differences are of means over seeds; `None` where a cell is missing."""
+    means = {(s["method"], s["ratio"]): s for s in summary}
+    out = []
+    for method in sorted({s["method"] for s in summary if s["ratio"] > 0 and s["method"] != "random"}, key=_rank):
+        diffs, seeds = {}, {}
+        for ratio in ratios:
+            mine, base = means.get((method, ratio)), means.get(("random", ratio))
+            diffs[ratio] = mine["top1_mean"] - base["top1_mean"] if mine and base else None
+            seeds[ratio] = (len(mine["seeds"]) if mine else 0, len(base["seeds"]) if base else 0)
+        complete = all(d is not None for d in diffs.values())
+        average = float(np.mean(list(diffs.values()))) if complete else None
+        out.append({
+            "method": method, "diff_vs_random": diffs, "seeds": seeds, "average_diff": average,
+            "meets": complete and all(d >= 0 for d in diffs.values()) and average >= margin,
+        })
+    return out
+
+
+def verdict_table(rows, ratios=(0.3, 0.5, 0.7), margin=0.5) -> str:
+    head = " | ".join(f"Δ ratio {r} (n, n random)" for r in ratios)
+    lines = [
+        f"Mean over seeds minus random's mean, per ratio; criterion: >= 0 at every ratio and >= +{margin} on average.",
+        "",
+        f"| method | {head} | average Δ | meets |",
+        "| --- |" + " --- |" * (len(ratios) + 2),
+    ]
+    for v in rows:
+        cells = [
+            f"{v['diff_vs_random'][r]:+.2f} ({v['seeds'][r][0]}, {v['seeds'][r][1]})" if v["diff_vs_random"][r] is not None else "–"
+            for r in ratios
+        ]
+        average = f"{v['average_diff']:+.2f}" if v["average_diff"] is not None else "incomplete"
+        lines.append(f"| {v['method']} | {' | '.join(cells)} | {average} | {'yes' if v['meets'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def plots(summary, stem: Path):
     import matplotlib
 
@@ -129,8 +167,9 @@ def report(path):
     profile = rows[0]["profile"] if rows else path.stem
     summary = summarise(rows)
     stem = path.with_suffix("")
-    Path(f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
-    text = table(summary, profile)
+    verdicts = verdict(summary)
+    Path(f"{stem}_summary.json").write_text(json.dumps({"cells": summary, "verdict": verdicts}, indent=2))
+    text = table(summary, profile) + "\n\n" + verdict_table(verdicts)
     print(text)
     if summary:
         plots(summary, stem)

@@ -1,0 +1,39 @@
+"""benchmarks/report.py: the sweep summary and issue 4's criterion, on hand-made cells."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("report", Path(__file__).resolve().parents[1] / "benchmarks" / "report.py")
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+
+def cell(method, ratio, seed, top1):
+    return {"method": method, "ratio": ratio, "seed": seed, "test_top1": top1, "kd_time_s": 1.0,
+            "prune_timings": {"scoring_s": 2.0, "selection_s": 1.0}, "policy": None}
+
+
+def test_summary_pairs_seeds_and_verdict_applies_the_criterion():
+    rows = []
+    for seed, base in ((0, 80.0), (1, 81.0)):
+        for ratio, shift in ((0.3, 0.0), (0.5, 0.0), (0.7, 0.0)):
+            rows.append(cell("random", ratio, seed, base + shift))
+        rows += [cell("if-beta", 0.3, seed, base + 0.2), cell("if-beta", 0.5, seed, base + 1.0),
+                 cell("if-beta", 0.7, seed, base + 0.6)]
+        rows += [cell("el2n", 0.3, seed, base + 2.0), cell("el2n", 0.5, seed, base - 0.1), cell("el2n", 0.7, seed, base + 2.0)]
+    rows.append(cell("influence", 0.7, 0, 90.0))
+    summary = report.summarise(rows)
+    ifb = next(s for s in summary if s["method"] == "if-beta" and s["ratio"] == 0.5)
+    assert ifb["top1_mean"] == pytest.approx(81.5) and ifb["paired_diff_vs_random"] == pytest.approx(1.0)
+    assert ifb["top1_std"] == pytest.approx(0.7071, abs=1e-4) and ifb["prune_time_s"] == pytest.approx(3.0)
+
+    verdicts = {v["method"]: v for v in report.verdict(summary)}
+    assert verdicts["if-beta"]["average_diff"] == pytest.approx(0.6) and verdicts["if-beta"]["meets"]
+    assert verdicts["el2n"]["average_diff"] == pytest.approx(3.9 / 3) and not verdicts["el2n"]["meets"]  # -0.1 at 0.5
+    assert verdicts["influence"]["average_diff"] is None and not verdicts["influence"]["meets"]  # incomplete
+    assert verdicts["if-beta"]["seeds"][0.3] == (2, 2)
+    text = report.verdict_table(report.verdict(summary))
+    assert "| if-beta | +0.20 (2, 2) | +1.00 (2, 2) | +0.60 (2, 2) | +0.60 | yes |" in text
+    assert "| influence | – | – | +9.50 (1, 2) | incomplete | no |" in text  # against random's 2-seed mean

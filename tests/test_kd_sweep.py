@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
@@ -61,3 +62,29 @@ def test_teacher_logit_cache_equals_online_teacher(tmp_path):
     reopened = kd_sweep.TeacherLogitCache(teacher, seed=0, epochs=2, n=48, directory=tmp_path)
     assert torch.equal(reopened.get(1, first, kd_sweep.augmented_batch(x_u8, first, params)), cached)
     assert reopened.computed == 0
+
+
+def test_default_queue_covers_the_protocol_and_cells_round_trip():
+    cells = kd_sweep.default_cells()
+    keys = [kd_sweep.cell_key(c) for c in cells]
+    assert len(keys) == len(set(keys))
+    assert [kd_sweep.parse_cell(k) for k in keys] == [dict(c, ratio=float(c["ratio"])) for c in cells]
+    seeds = {}
+    for c in cells:
+        seeds.setdefault((c["method"], c["ratio"]), set()).add(c["seed"])
+    for method in ("random", "influence", "if-beta"):  # issue 4: >= 2 seeds for these and the full-data row
+        assert all(len(seeds[(method, r)]) >= 2 for r in (0.3, 0.5, 0.7))
+    assert len(seeds[("full", 0.0)]) >= 2 and ("full-nokd", 0.0) in seeds
+    for method in ("el2n", "entropy", "ccs", "moderate", "dual-beta"):
+        assert all(seeds[(method, r)] for r in (0.3, 0.5, 0.7))
+    # the comparison that matters comes first: seed 0 random vs if-beta at every ratio
+    first = {kd_sweep.cell_key(c) for c in cells[:8]}
+    assert {f"{m}|{r}|0" for m in ("random", "if-beta") for r in (0.3, 0.5, 0.7)} <= first
+
+
+def test_parse_cell_names_what_is_wrong():
+    assert kd_sweep.parse_cell("if-beta@policy_max_ab=2|0.7|1") == dict(method="if-beta@policy_max_ab=2", ratio=0.7, seed=1)
+    with pytest.raises(ValueError, match="method\\|ratio\\|seed"):
+        kd_sweep.parse_cell("random|0.7")
+    with pytest.raises(ValueError, match="must be in"):
+        kd_sweep.parse_cell("random|1.5|0")

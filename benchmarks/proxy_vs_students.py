@@ -1,0 +1,178 @@
+"""Is IF-Beta's outer objective predictive of the real students of the sweep? (issue 4, part 4)
+
+For every finished pruning cell of `benchmarks/results/kd_sweep_<profile>.jsonl` (method, ratio, seed),
+the kept rows are rebuilt exactly as the sweep built them (`kd_sweep.Pruning`, deterministic given the
+cell), and the proxy objective of the if-beta method is evaluated on them: a linear head trained from
+scratch on the teacher features of the kept rows (the validation slice V left out) with the KD-aligned
+loss, for the student's number of epochs over the kept rows (`PolicyObjective.subset_loss`, the budget
+`learn_beta_policy` uses), then its mean KD loss on all of V. Lower proxy loss should mean a better student.
+
+Printed per ratio: every cell's proxy loss next to its test top-1, Spearman's rho between (-proxy loss)
+and top-1 over the cells (+1 = the proxy orders the kept subsets as the students do) and over the
+methods' seed means. The same for variants of the outer objective that IFBETA.md leaves open:
+
+- `default`: as above (what `learn_beta_policy` optimises, on all non-validation rows);
+- `weak16`: a weaker, non-realisable proxy: the standardised features randomly projected to 16 dimensions
+  (the teacher's logits are a linear function of its features, so the default proxy can reproduce them);
+- `scarce1500`: a data-scarce proxy: only the kept rows inside a stratified 1,500-row subsample train it.
+
+And a selection-bias check: influence scored on one half of V, the policies' subsets evaluated on that half
+and on the other (is the proxy's liking for top-influence rows an artefact of scoring and evaluating on the
+same slice?). Written to `benchmarks/results/proxy_vs_students_<profile>.json`.
+
+    python benchmarks/proxy_vs_students.py [--profile cpu]
+
+Uses the cached teacher pass (refuses to start a 50,000-row teacher pass unless --allow_teacher_pass) and
+one CPU thread; about 10 s per cell plus each method's scoring once.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import kd_sweep  # noqa: E402
+from proxy_calibration import _spearman, load_inputs  # noqa: E402
+
+from hf_ifbeta.influence import influence_scores  # noqa: E402
+from hf_ifbeta.policy import BetaPolicy, PolicyObjective, _stratified_subsample, rank_positions  # noqa: E402
+from hf_ifbeta.pruner import to_jsonable  # noqa: E402
+
+
+VARIANTS = ("default", "weak16", "scarce1500")
+BETAS = {"random": (1.0, 1.0), "beta(2,1)": (2.0, 1.0), "beta(2,0.5)": (2.0, 0.5), "beta(8.6,0.18)": (8.6, 0.18)}
+
+
+class OuterObjective:
+    """The proxy objective of one variant at one ratio, evaluated on hard subsets given as dataset row ids."""
+
+    def __init__(self, inputs, variant: str, ratio: float, epochs: int, seed: int = 0):
+        labels, val = inputs["labels"], np.sort(inputs["val_indices"])
+        train = np.setdiff1d(np.arange(labels.size), val)
+        f, z = inputs["features"], inputs["logits"]
+        if variant == "weak16":
+            f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+            f = f @ np.random.default_rng(seed).standard_normal((f.shape[1], 16)).astype(np.float32) / 4.0
+        elif variant == "scarce1500":
+            train = _stratified_subsample(train, labels, 1500, np.random.default_rng(seed))
+        elif variant != "default":
+            raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
+        self.position = np.full(labels.size, -1)
+        self.position[train] = np.arange(train.size)
+        u = np.full(train.size, 0.5)  # rank positions only feed the soft policy, which subset_loss does not use
+        self.objective = PolicyObjective(
+            f[train], z[train], labels[train], u, ratio, f[val], z[val], labels[val], inner_epochs=epochs
+        )
+
+    def __call__(self, kept: np.ndarray) -> float:
+        rows = self.position[np.asarray(kept)]
+        return self.objective.subset_loss(rows[rows >= 0])  # rows of V (or outside the subsample) do not train it
+
+
+def selection_bias_check(inputs, epochs: int, ratios=(0.3, 0.5, 0.7), seeds=(0, 1)) -> List[Dict]:
+    """Influence scored on half of V; Beta policies' subsets evaluated on that half and on the other."""
+    f, z, labels, val = inputs["features"], inputs["logits"], inputs["labels"], np.sort(inputs["val_indices"])
+    shuffled = np.random.default_rng(0).permutation(val)
+    halves = {"scored": np.sort(shuffled[: val.size // 2]), "held_out": np.sort(shuffled[val.size // 2 :])}
+    u = rank_positions(np.asarray(influence_scores(f, z, labels, halves["scored"]).scores), labels)
+    train = np.setdiff1d(np.arange(labels.size), val)
+    position = np.full(labels.size, -1)
+    position[train] = np.arange(train.size)
+    out = []
+    for ratio in ratios:
+        for half, rows_v in halves.items():
+            obj = PolicyObjective(f[train], z[train], labels[train], u[train], ratio, f[rows_v], z[rows_v],
+                                  labels[rows_v], inner_epochs=epochs)  # fmt: skip
+            losses = {}
+            for name, (a, b) in BETAS.items():
+                kept = [position[BetaPolicy(a, b).select(u, ratio, labels, seed=s)] for s in seeds]
+                losses[name] = float(np.mean([obj.subset_loss(k[k >= 0]) for k in kept]))
+            out.append({"ratio": ratio, "evaluated_on": half, "losses": losses})
+            print(f"selection bias: ratio {ratio} evaluated on the {half:8s} half of V: "
+                  + " | ".join(f"{k} {v:.5f}" for k, v in losses.items()), flush=True)  # fmt: skip
+    return out
+
+
+def summarise(cells: List[Dict], variant: str) -> List[Dict]:
+    """Per ratio: Spearman of (-proxy loss) with top-1 over cells and over method means."""
+    cells = [dict(c, proxy_loss=c["proxy_loss"][variant]) for c in cells]
+    out = []
+    for ratio in sorted({c["ratio"] for c in cells}):
+        rows = [c for c in cells if c["ratio"] == ratio]
+        methods = sorted({c["method"] for c in rows})
+        means = {
+            m: (np.mean([c["proxy_loss"] for c in rows if c["method"] == m]),
+                np.mean([c["test_top1"] for c in rows if c["method"] == m]))
+            for m in methods
+        }  # fmt: skip
+        out.append({
+            "variant": variant,
+            "ratio": ratio,
+            "cells": len(rows),
+            "spearman_cells": _spearman([-c["proxy_loss"] for c in rows], [c["test_top1"] for c in rows]),
+            "methods": len(methods),
+            "spearman_methods": _spearman([-v[0] for v in means.values()], [v[1] for v in means.values()]),
+            "method_means": {m: {"proxy_loss": float(v[0]), "test_top1": float(v[1])} for m, v in means.items()},
+        })  # fmt: skip
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
+    parser.add_argument("--allow_teacher_pass", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the sweep owns the other core
+
+    results = [
+        r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{args.profile}.jsonl")
+        if r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
+    ]  # fmt: skip
+    if not results:
+        sys.exit(f"No finished pruning cells in kd_sweep_{args.profile}.jsonl yet.")
+    inputs, _ = load_inputs(args.allow_teacher_pass)
+    epochs = kd_sweep.PROFILES[args.profile]["epochs"]
+    ratios = sorted({r["ratio"] for r in results})
+    objectives = {(v, ratio): OuterObjective(inputs, v, ratio, epochs) for v in VARIANTS for ratio in ratios}
+    pruning = kd_sweep.Pruning(kd_sweep.load_teacher())
+
+    cells = []
+    for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"])):
+        t0 = time.perf_counter()
+        kept, _, _ = pruning.select(r["method"], r["ratio"], r["seed"])
+        if len(kept) != r["kept"]:
+            raise RuntimeError(f"cell {kd_sweep.cell_key(r)}: rebuilt {len(kept)} rows, the sweep kept {r['kept']}.")
+        losses = {v: objectives[(v, r["ratio"])](kept) for v in VARIANTS}
+        cells.append({
+            "method": r["method"], "ratio": r["ratio"], "seed": r["seed"], "test_top1": r["test_top1"],
+            "proxy_loss": losses, "seconds": time.perf_counter() - t0,
+        })  # fmt: skip
+        print(f"{kd_sweep.cell_key(r):45s} student {r['test_top1']:.2f} %  proxy loss "
+              + ", ".join(f"{v} {x:.5f}" for v, x in losses.items()), flush=True)  # fmt: skip
+
+    summary = [s for v in VARIANTS for s in summarise(cells, v)]
+    print("\n| outer objective | ratio | cells | rho over cells | methods | rho over method means |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for s in summary:
+        fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"  # noqa: E731
+        print(f"| {s['variant']} | {s['ratio']} | {s['cells']} | {fmt(s['spearman_cells'])} | {s['methods']} | "
+              f"{fmt(s['spearman_methods'])} |")  # fmt: skip
+    bias = selection_bias_check(inputs, epochs)
+    out = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
+    report = {"protocol": __doc__.split("\n\n")[1], "inner_epochs": epochs, "variants": VARIANTS, "cells": cells,
+              "per_ratio": summary, "selection_bias": bias}  # fmt: skip
+    out.write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

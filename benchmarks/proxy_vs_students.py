@@ -78,12 +78,14 @@ class OuterObjective:
         return self.objective.subset_loss(rows[rows >= 0])  # rows of V (or outside the subsample) do not train it
 
 
-def selection_bias_check(inputs, epochs: int, ratios=(0.3, 0.5, 0.7), seeds=(0, 1)) -> List[Dict]:
+def selection_bias_check(inputs, epochs: int, ratios=(0.3, 0.5, 0.7), seeds=(0, 1)) -> Dict:
     """Influence scored on half of V; Beta policies' subsets evaluated on that half and on the other."""
     f, z, labels, val = inputs["features"], inputs["logits"], inputs["labels"], np.sort(inputs["val_indices"])
     shuffled = np.random.default_rng(0).permutation(val)
     halves = {"scored": np.sort(shuffled[: val.size // 2]), "held_out": np.sort(shuffled[val.size // 2 :])}
     u = rank_positions(np.asarray(influence_scores(f, z, labels, halves["scored"]).scores), labels)
+    agreement = float(np.corrcoef(u, rank_positions(inputs["scores"], labels))[0, 1])
+    print(f"selection bias: rank positions scored on half of V vs on all of V, Pearson {agreement:.3f}", flush=True)
     train = np.setdiff1d(np.arange(labels.size), val)
     position = np.full(labels.size, -1)
     position[train] = np.arange(train.size)
@@ -99,7 +101,7 @@ def selection_bias_check(inputs, epochs: int, ratios=(0.3, 0.5, 0.7), seeds=(0, 
             out.append({"ratio": ratio, "evaluated_on": half, "losses": losses})
             print(f"selection bias: ratio {ratio} evaluated on the {half:8s} half of V: "
                   + " | ".join(f"{k} {v:.5f}" for k, v in losses.items()), flush=True)  # fmt: skip
-    return out
+    return {"rank_positions_pearson_half_vs_all": agreement, "losses": out}
 
 
 def summarise(cells: List[Dict], variant: str) -> List[Dict]:

@@ -77,13 +77,6 @@ class PrunerConfig:
     stratify: bool = field(
         default=True, metadata={"help": "Rank within each class and keep each class's share of the budget."}
     )
-    strata_per_class: int = field(
-        default=1,
-        metadata={
-            "help": "if-beta: split each class into this many k-means clusters of teacher features and rank, budget "
-            "and sample within each (needs stratify); 1 = classes only."
-        },
-    )
     policy_a: Optional[float] = field(
         default=None, metadata={"help": "Fix the Beta policy's a (with policy_b) instead of learning it."}
     )
@@ -141,15 +134,10 @@ class PrunerConfig:
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}.")
         # Checked here, not where they are used: that is after the teacher pass.
-        positive = (
-            "batch_size", "chunk_size", "inner_batch_size", "stream_chunk_size", "val_max_per_class", "outer_steps",
-            "strata_per_class",
-        )  # fmt: skip
+        positive = ("batch_size", "chunk_size", "inner_batch_size", "stream_chunk_size", "val_max_per_class", "outer_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.strata_per_class > 1 and not self.stratify:
-            raise ValueError(f"strata_per_class={self.strata_per_class} splits classes into strata: it needs stratify=True.")
         for name in ("num_workers", "fit_max_iter"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")

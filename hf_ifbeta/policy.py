@@ -29,7 +29,6 @@ __all__ = [
     "PolicyLearningResult",
     "PolicyObjective",
     "class_budgets",
-    "feature_strata",
     "learn_beta_policy",
     "num_kept",
     "rank_positions",
@@ -128,76 +127,6 @@ def class_budgets(labels: np.ndarray, m: int) -> np.ndarray:
     order = np.argsort(-remainder, kind="stable")
     base[order[:left]] += 1
     return base
-
-
-def feature_strata(
-    features: np.ndarray,
-    labels: np.ndarray,
-    per_class: int,
-    *,
-    seed: int = 0,
-    iterations: int = 25,
-) -> np.ndarray:
-    """Split every class into `per_class` k-means clusters of its (standardised) teacher features.
-
-    Used as the strata of the policy (`rank_positions`, `BetaPolicy.select` and `learn_beta_policy` take
-    them in place of the class ids): rows are ranked within their cluster and every cluster keeps its share
-    of the budget, so a lean towards the top of the ranking keeps the most helpful rows of every region of
-    feature space instead of the regions where the helpful rows crowd. k-means++ seeding, then Lloyd steps.
-
-    Args:
-        features (`np.ndarray`): (n, d) teacher features (may be a memmap; read one class at a time).
-        labels (`np.ndarray`): (n,) class ids.
-        per_class (`int`): clusters per class (fewer where a class has fewer rows); 1 returns the class ids.
-        seed (`int`): seed of the k-means++ seeding.
-        iterations (`int`): Lloyd steps per class.
-
-    Returns:
-        `np.ndarray`: (n,) int64 stratum ids, numbered 0.. without gaps, class by class.
-    """
-    labels = _check_labels(labels, None)
-    if features.ndim != 2 or features.shape[0] != labels.size:
-        raise ValueError(f"features must be (n, d) with n = {labels.size} rows, got shape {features.shape}.")
-    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}.")
-    if per_class == 1:
-        return np.unique(labels, return_inverse=True)[1].astype(np.int64)
-    rng = np.random.default_rng(seed)
-    strata = np.empty(labels.size, dtype=np.int64)
-    next_id = 0
-    for rows in _class_rows(labels):
-        if rows.size == 0:
-            continue
-        x = np.asarray(features[rows], dtype=np.float64)
-        x = (x - x.mean(0)) / np.where(x.std(0) > 1e-12, x.std(0), 1.0)
-        assign = _kmeans(x, min(per_class, rows.size), rng, iterations)
-        _, assign = np.unique(assign, return_inverse=True)  # drop clusters that ended empty
-        strata[rows] = next_id + assign
-        next_id += int(assign.max()) + 1
-    return strata
-
-
-def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> np.ndarray:
-    """Cluster ids of the rows of `x` (n, d): k-means++ seeding, then `iterations` Lloyd steps."""
-    sq = (x**2).sum(1)
-    centres = [x[rng.integers(x.shape[0])]]
-    dist = ((x - centres[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = dist.sum()
-        pick = rng.choice(x.shape[0], p=dist / total) if total > 0 else rng.integers(x.shape[0])
-        centres.append(x[pick])
-        dist = np.minimum(dist, ((x - x[pick]) ** 2).sum(1))
-    c = np.stack(centres)
-    for _ in range(iterations):
-        assign = np.argmin(sq[:, None] - 2.0 * x @ c.T + (c**2).sum(1)[None, :], axis=1)
-        counts = np.bincount(assign, minlength=k)
-        sums = np.zeros_like(c)
-        np.add.at(sums, assign, x)
-        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c)
-        if np.allclose(moved, c):
-            break
-        c = moved
-    return np.argmin(sq[:, None] - 2.0 * x @ c.T + (c**2).sum(1)[None, :], axis=1)
 
 
 @dataclass
@@ -344,8 +273,6 @@ class PolicyObjective:
         alpha, temperature, l2 (`float`): the KD-aligned proxy loss (as in `hf_ifbeta.losses.kd_loss`).
         inner_epochs (`float`), inner_batch_size (`int`), inner_lr (`float`), momentum (`float`): the inner budget.
         stratify (`bool`): per-class soft budgets (`class_budgets`).
-        strata (`np.ndarray`, *optional*): (n,) stratum ids that take the place of the classes for the budgets
-            (`feature_strata`); the loss still uses `labels`.
         standardize (`bool`): standardise features with the training rows' mean and std.
         dtype (`torch.dtype`): float32 for speed, float64 for derivative checks.
         device: torch device.
@@ -370,7 +297,6 @@ class PolicyObjective:
         inner_lr: float = 0.1,
         momentum: float = 0.9,
         stratify: bool = True,
-        strata: Optional[np.ndarray] = None,
         standardize: bool = True,
         dtype: torch.dtype = torch.float32,
         device=None,
@@ -403,12 +329,11 @@ class PolicyObjective:
         self.m = num_kept(n, self.ratio)
         self.num_steps = int(math.ceil(inner_epochs * self.m / inner_batch_size))
         self.labels = labels
-        self.strata = labels if strata is None else _check_labels(strata, n)
 
-        # Soft-budget groups: per class or stratum (class_budgets), or all rows.
+        # Soft-budget groups: per class (class_budgets) or all rows.
         if stratify:
-            budgets = class_budgets(self.strata, self.m)
-            self.groups = [(rows, int(budgets[c])) for c, rows in enumerate(_class_rows(self.strata)) if rows.size]
+            budgets = class_budgets(labels, self.m)
+            self.groups = [(rows, int(budgets[c])) for c, rows in enumerate(_class_rows(labels)) if rows.size]
         else:
             self.groups = [(np.arange(n), self.m)]
         self.stratify = stratify
@@ -622,7 +547,6 @@ def learn_beta_policy(
     eval_seeds: int = 3,
     num_threads: Optional[int] = 1,
     max_ab: float = 50.0,
-    strata: Optional[np.ndarray] = None,
 ) -> PolicyLearningResult:
     """Learn the Beta policy's (a, b) by minimising the proxy validation KD loss (bilevel, hypergradient).
 
@@ -657,8 +581,6 @@ def learn_beta_policy(
         eval_seeds (`int`): discrete subsets per policy in the final check.
         max_ab (`float`): the outer search stays in a, b in [max(0.1, 1 / max_ab), max_ab]. 50 lets the policy reach
             keep-the-top; a small box (e.g. 2) allows only mild leans away from uniform.
-        strata (`np.ndarray`, *optional*): (n,) stratum ids for the budgets in place of the classes
-            (`feature_strata`; `u` should then be ranked within them).
         num_threads (`int`, *optional*): torch CPU threads while learning (restored after); None leaves
             torch's setting. The inner ops are small (C x n), and on a busy machine more threads than
             free cores stall them (measured: 2 threads 3-10x slower than 1 on 2 shared cores).
@@ -684,7 +606,7 @@ def learn_beta_policy(
             alpha=alpha, temperature=temperature, l2=l2, outer_steps=outer_steps, outer_lr=outer_lr,
             inner_epochs=inner_epochs, inner_batch_size=inner_batch_size, inner_lr=inner_lr,
             subsample=subsample, stratify=stratify, seed=seed, device=device,
-            val_subsample=val_subsample, eval_seeds=eval_seeds, max_ab=max_ab, strata=strata,
+            val_subsample=val_subsample, eval_seeds=eval_seeds, max_ab=max_ab,
         )  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
@@ -693,13 +615,11 @@ def learn_beta_policy(
 def _learn_beta_policy(
     features, logits, labels, u, ratio, val_indices, *, alpha, temperature, l2, outer_steps, outer_lr,
     inner_epochs, inner_batch_size, inner_lr, subsample, stratify, seed, device, val_subsample, eval_seeds, max_ab,
-    strata=None,
 ) -> PolicyLearningResult:  # fmt: skip
     start = time.perf_counter()
     features, logits, labels = _check_arrays(features, logits, labels)
     n = features.shape[0]
     u = _check_positions(u, n)
-    strata = None if strata is None else _check_labels(strata, n)
     ratio = check_ratio(ratio)
     val_indices = np.asarray(val_indices)
     if val_indices.ndim != 1 or val_indices.size == 0 or val_indices.dtype.kind not in "iu":
@@ -728,7 +648,6 @@ def _learn_beta_policy(
         features[val], logits[val], labels[val],
         alpha=alpha, temperature=temperature, l2=l2, inner_epochs=inner_epochs,
         inner_batch_size=inner_batch_size, inner_lr=inner_lr, stratify=stratify, device=device,
-        strata=None if strata is None else strata[train],
     )  # fmt: skip
 
     # Outer loop: Adam on (log a, log b), from the uniform policy.
@@ -752,11 +671,11 @@ def _learn_beta_policy(
     learn_time = time.perf_counter() - start
 
     # Discrete check against uniform: same seeds, same budget, the head trained on each hard subset.
-    u_train, strata_train = objective.u, objective.strata
+    u_train, labels_train = objective.u, objective.labels
     seeds = [seed + k for k in range(eval_seeds)]
 
     def discrete(policy: BetaPolicy) -> List[float]:
-        subsets = [policy.select(u_train, ratio, strata_train, stratify=stratify, seed=s) for s in seeds]
+        subsets = [policy.select(u_train, ratio, labels_train, stratify=stratify, seed=s) for s in seeds]
         return [objective.subset_loss(rows) for rows in subsets]
 
     uniform_losses = discrete(BetaPolicy(1.0, 1.0))

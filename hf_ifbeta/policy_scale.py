@@ -106,7 +106,7 @@ def learn_beta_policy_at_scale(
         max_classes (`int`, *optional*): classes kept on the reduced path; default `MAX_CLASSES` (100).
         chunk_size (`int`): rows per read from the (memory-mapped) arrays.
         kwargs: the other arguments of `learn_beta_policy` (alpha, temperature, outer_steps, outer_lr,
-            inner_epochs, inner_batch_size, stratify, strata, device, eval_seeds, num_threads).
+            inner_epochs, inner_batch_size, stratify, device, eval_seeds, num_threads).
 
     Returns:
         `PolicyLearningResult`; on the reduced path `info["reduced"]` records the classes, rows, projection and
@@ -138,8 +138,6 @@ def learn_beta_policy_at_scale(
         val_subsample=val_subsample, seed=seed, projection_dim=projection_dim, max_classes=max_classes,
         chunk_size=chunk_size,
     )  # fmt: skip
-    if kwargs.get("strata") is not None:  # stratum ids follow their rows into the reduced problem
-        kwargs["strata"] = np.asarray(kwargs["strata"])[problem.rows]
     result = policy.learn_beta_policy(
         problem.features, problem.logits, problem.labels, problem.u, ratio, problem.val_indices, l2=problem.l2,
         inner_lr=problem.inner_lr, subsample=None, val_subsample=None, seed=seed, **kwargs,

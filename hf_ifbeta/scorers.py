@@ -560,8 +560,7 @@ class IFBeta(PruningMethod):
     """IF-Beta: influence scores, ranked to positions u in (0, 1), sampled with a learned Beta(a, b) policy.
 
     Scores are the influence (`config.score_type == "influence"`) or self-influence. `rank_positions` turns
-    them into u (within each class when `config.stratify`, within k-means clusters of each class's teacher
-    features when `config.strata_per_class > 1`: `policy.feature_strata`); (a, b) is learned for this ratio by
+    them into u (within each class when `config.stratify`); (a, b) is learned for this ratio by
     `learn_beta_policy` (bilevel, on the proxy head's validation KD loss), or fixed to
     `(config.policy_a, config.policy_b)` when both are set; `BetaPolicy.select` draws the kept rows. Above
     `policy_scale.MAX_HEAD_PARAMS` head parameters (ImageNet) the bilevel problem is solved on a reduced copy
@@ -581,16 +580,13 @@ class IFBeta(PruningMethod):
         return np.asarray(_influence(context, self.name).scores)
 
     def select(self, outputs, scores, ratio, context, seed=0):
-        from .policy import BetaPolicy, feature_strata, rank_positions
+        from .policy import BetaPolicy, rank_positions
         from .policy_scale import learn_beta_policy_at_scale
 
         scores = _check_scores(self.name, outputs, scores)
         m = num_kept(len(scores), ratio)  # validates ratio before any work
         config = context.config
-        strata = outputs.labels  # rank, budget and sample within classes, or within clusters of each class
-        if config.strata_per_class > 1:
-            strata = feature_strata(outputs.features, outputs.labels, config.strata_per_class, seed=config.seed)
-        u = rank_positions(scores, strata, stratify=config.stratify)  # (n,) in (0, 1), 1 = most helpful
+        u = rank_positions(scores, outputs.labels, stratify=config.stratify)  # (n,) in (0, 1), 1 = most helpful
         if config.policy_a is not None and config.policy_b is not None:
             policy = BetaPolicy(float(config.policy_a), float(config.policy_b))
             record = dict(
@@ -617,7 +613,6 @@ class IFBeta(PruningMethod):
                 subsample=config.policy_subsample,
                 max_ab=config.policy_max_ab,
                 stratify=config.stratify,
-                strata=None if config.strata_per_class == 1 else strata,
                 seed=seed,
                 device=context.device,
                 chunk_size=config.stream_chunk_size,
@@ -631,13 +626,11 @@ class IFBeta(PruningMethod):
                 fell_back_to_uniform=bool(result.fell_back_to_uniform),
                 info=dict(result.info),
             )
-        indices = policy.select(u, ratio, labels=strata, stratify=config.stratify, seed=seed)
+        indices = policy.select(u, ratio, labels=outputs.labels, stratify=config.stratify, seed=seed)
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) != m or np.any(np.diff(indices) <= 0):
             raise RuntimeError(f"BetaPolicy.select returned {len(indices)} rows, expected {m} sorted unique ids.")
         logger.info("if-beta: ratio %.3f, Beta(%.3f, %.3f), learned=%s", ratio, policy.a, policy.b, record["learned"])
-        if config.strata_per_class > 1:
-            record["strata"] = int(strata.max()) + 1
         return Selection(indices, policy={"a": float(policy.a), "b": float(policy.b), **record})
 
 

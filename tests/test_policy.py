@@ -10,7 +10,6 @@ from hf_ifbeta.policy import (
     PolicyLearningResult,
     PolicyObjective,
     class_budgets,
-    feature_strata,
     learn_beta_policy,
     num_kept,
     rank_positions,
@@ -389,42 +388,3 @@ def test_max_ab_bounds_the_learned_policy():
     assert any(max(abs(math.log(h["a"])), abs(math.log(h["b"]))) > math.log(1.5) - 1e-6 for h in narrow.history)
     with pytest.raises(ValueError, match="max_ab"):
         learn_beta_policy(features, logits, labels, u, 0.5, val, max_ab=1.0, **kwargs)
-
-
-def test_feature_strata_split_each_class_into_its_clusters():
-    """Two well-separated blobs per class come out as two strata per class, nested in the classes."""
-    rng = np.random.default_rng(0)
-    n = 600
-    labels = np.arange(n) % 3
-    blob = rng.integers(0, 2, n)
-    features = rng.normal(size=(n, 5)) + 8.0 * blob[:, None] + 20.0 * labels[:, None]
-    strata = feature_strata(features, labels, 2, seed=0)
-    assert strata.dtype == np.int64 and sorted(np.unique(strata)) == list(range(6))
-    for s in range(6):
-        members = strata == s
-        assert np.unique(labels[members]).size == 1 and np.unique(blob[members]).size == 1
-    np.testing.assert_array_equal(feature_strata(features, labels, 2, seed=0), strata)  # seeded
-    np.testing.assert_array_equal(feature_strata(features, labels + 4, 1), labels)  # 1 = the classes, renumbered
-    assert np.unique(feature_strata(features[:4], labels[:4], 5)).size == 4  # at most one cluster per row
-    with pytest.raises(ValueError, match="per_class"):
-        feature_strata(features, labels, 0)
-    with pytest.raises(ValueError, match="shape"):
-        feature_strata(features[:10], labels, 2)
-
-
-def test_strata_take_the_place_of_classes_in_budgets_and_learning():
-    """Every stratum keeps its share of the budget, in the discrete selection and in the learner's soft budgets."""
-    x, z, y, _ = blobs(n=1200, d=6, num_classes=3, seed=1)
-    strata = feature_strata(x, y, 4, seed=0)
-    u = rank_positions(-teacher_confidence(z, y), strata)
-    kept = BetaPolicy(8.0, 1.0).select(u, 0.5, strata, seed=0)
-    np.testing.assert_array_equal(np.bincount(strata[kept]), class_budgets(strata, kept.size))
-    val = np.arange(1000, 1200)
-    result = learn_beta_policy(x, z, y, u, 0.5, val, strata=strata, outer_steps=2, inner_epochs=2, subsample=None)
-    train = np.setdiff1d(np.arange(1200), val)
-    objective = PolicyObjective(x[train], z[train], y[train], u[train], 0.5, x[val], z[val], y[val], strata=strata[train])
-    assert len(objective.groups) == np.unique(strata[train]).size
-    q = objective.soft_weights(np.zeros(2)).numpy()
-    for rows, budget in objective.groups:
-        assert q[rows].sum() == pytest.approx(budget, abs=1e-6)
-    assert result.info["num_kept_rows"] == objective.m

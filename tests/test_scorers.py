@@ -395,29 +395,6 @@ def test_if_beta_learns_the_policy_for_the_ratio(monkeypatch):
     assert len(selection.indices) == 60
 
 
-def test_if_beta_with_feature_strata(monkeypatch):
-    """strata_per_class > 1: ranks and budgets within k-means clusters of each class, passed to the learner."""
-    calls = []
-
-    def fake_learn(features, logits, labels, u, ratio, val_indices, **kwargs):
-        calls.append(kwargs)
-        return SimpleNamespace(policy=policy.BetaPolicy(3.0, 1.0), history=[], val_loss_learned=0.8,
-                               val_loss_uniform=0.9, fell_back_to_uniform=False, info={})
-
-    monkeypatch.setattr(policy, "learn_beta_policy", fake_learn)
-    outputs = tiny_outputs()
-    selection, scores = run("if-beta", outputs, 0.5, seed=1, strata_per_class=3)
-    strata = policy.feature_strata(outputs.features, outputs.labels, 3, seed=0)
-    np.testing.assert_array_equal(calls[0]["strata"], strata)
-    u = policy.rank_positions(scores, strata)
-    np.testing.assert_array_equal(selection.indices, policy.BetaPolicy(3.0, 1.0).select(u, 0.5, strata, seed=1))
-    assert selection.policy["strata"] == strata.max() + 1 > outputs.labels.max() + 1
-    run("if-beta", outputs, 0.5, seed=1)
-    assert calls[-1]["strata"] is None  # the default path is unchanged
-    with pytest.raises(ValueError, match="needs stratify=True"):
-        PrunerConfig(strata_per_class=3, stratify=False)
-
-
 def test_influence_methods_with_the_real_influence_module():
     influence = pytest.importorskip("hf_ifbeta.influence")
     outputs = tiny_outputs()

@@ -33,7 +33,10 @@ def test_summary_pairs_seeds_and_verdict_applies_the_criterion():
     assert verdicts["if-beta"]["average_diff"] == pytest.approx(0.6) and verdicts["if-beta"]["meets"]
     assert verdicts["el2n"]["average_diff"] == pytest.approx(3.9 / 3) and not verdicts["el2n"]["meets"]  # -0.1 at 0.5
     assert verdicts["influence"]["average_diff"] is None and not verdicts["influence"]["meets"]  # incomplete
-    assert verdicts["if-beta"]["seeds"][0.3] == (2, 2)
+    assert verdicts["if-beta"]["seeds"][0.3] == 2
     text = report.verdict_table(report.verdict(summary))
-    assert "| if-beta | +0.20 (2, 2) | +1.00 (2, 2) | +0.60 (2, 2) | +0.60 | yes |" in text
-    assert "| influence | – | – | +9.50 (1, 2) | incomplete | no |" in text  # against random's 2-seed mean
+    assert "| if-beta | +0.20 (2) | +1.00 (2) | +0.60 (2) | +0.60 | yes |" in text
+    assert "| influence | – | – | +10.00 (1) | incomplete | no |" in text  # against random on seed 0 only
+    # a third random seed that if-beta lacks does not move if-beta's comparison
+    extra = {v["method"]: v for v in report.verdict(report.summarise(rows + [cell("random", 0.7, 2, 70.0)]))}
+    assert extra["if-beta"]["diff_vs_random"] == verdicts["if-beta"]["diff_vs_random"]

@@ -151,12 +151,14 @@ def plots(summary, stem: Path):
     from scipy.stats import beta as beta_dist
 
     grid = np.linspace(0.005, 0.995, 199)
+    styles = {"if-beta": "-", "if-beta@policy_max_ab=50": ":"}  # the default box, and the full box
     for s in summary:
-        if s["method"] != "if-beta":
+        if s["method"] not in styles:
             continue
         for k, p in enumerate(s["policies"]):
+            label = f"{s['method']}, ratio {s['ratio']}: Beta({p['a']:.2f}, {p['b']:.2f})" if k == 0 else None
             ax.plot(grid, beta_dist.pdf(grid, p["a"], p["b"]), color=f"C{int(10 * s['ratio']) % 10}",
-                    alpha=0.9 if k == 0 else 0.5, label=f"ratio {s['ratio']}: Beta({p['a']:.2f}, {p['b']:.2f})")
+                    ls=styles[s["method"]], alpha=0.9 if k == 0 else 0.5, label=label)
     ax.axhline(1, color="k", ls="--", lw=1, label="uniform (random)")
     ax.set(xlabel="class-wise influence rank position u (1 = most helpful)", ylabel="sampling density",
            title="learned IF-Beta policies", ylim=(0, 4))

@@ -84,10 +84,11 @@ class PrunerConfig:
         default=None, metadata={"help": "Fix the Beta policy's b (with policy_a) instead of learning it."}
     )
     policy_max_ab: float = field(
-        default=50.0,
+        default=2.0,
         metadata={
-            "help": "The learned a and b stay in [max(0.1, 1 / policy_max_ab), policy_max_ab]: 50 reaches keep-the-top; "
-            "2 allows only mild leans from uniform (see docs/results.md for why that matters)."
+            "help": "The learned a and b stay in [max(0.1, 1 / policy_max_ab), policy_max_ab]. 2 allows only mild leans "
+            "from uniform (at most Beta(2, 0.5) towards the top); 50 reaches keep-the-top, which the proxy always "
+            "prefers and distilled students punish when few rows are kept (docs/results.md)."
         },
     )
     outer_steps: int = field(default=20, metadata={"help": "Outer (hypergradient) steps of the bilevel policy learning."})

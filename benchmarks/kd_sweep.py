@@ -230,7 +230,7 @@ def default_cells(seeds_main=(0, 1), seeds_other=(0,)) -> List[Dict]:
             cells.append(dict(method="full", ratio=0.0, seed=seed))
         else:
             cells += [dict(method=ablation, ratio=ratio, seed=seed) for ratio in ratios]
-    # Ratio 0.7 is where the bar is missed (two seeds: default -0.13, mild box +0.09), so it goes first:
+    # Ratio 0.7 is where the bar was missed (two seeds: full box -0.13, default box +0.09), so it goes first:
     # influence top-k there, a third seed of the main comparison, then a screen of the design choices
     # IFBETA.md leaves open (score type, class-stratified ranks, the proxy's regularisation) on seeds 0, 1.
     third = 2

@@ -1,13 +1,15 @@
 """Table and plots of the KD sweep, made from the committed JSONL only.
 
-    python benchmarks/report.py benchmarks/results/kd_sweep_cpu.jsonl
+    python benchmarks/report.py                      # the CPU profile's sweep
+    python benchmarks/report.py --profile gpu        # benchmarks/results/kd_sweep_gpu.jsonl
+    python benchmarks/report.py path/to/sweep.jsonl
 
 Prints the table, writes `<stem>_summary.json`, `<stem>_accuracy.png`, `<stem>_policies.png` next to
 the JSONL, and refreshes the block between the `<!-- sweep-table -->` markers in docs/results.md.
 """
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- sweep-table:start -->", "<!-- sweep-table:end -->"
-ORDER = ["if-beta", "influence", "random", "el2n", "entropy", "ccs", "moderate", "dual-beta", "self-influence"]
+ORDER = ["if-beta", "influence", "random", "el2n", "entropy", "ccs", "moderate", "dual-beta"]
 
 
 def load(path: Path):
@@ -60,7 +62,8 @@ def _method_cost(row) -> float:
 
 
 def _rank(method):
-    return ORDER.index(method) if method in ORDER else len(ORDER)
+    """Registry methods in ORDER, then the `method@setting` ablations by name."""
+    return (ORDER.index(method), "") if method in ORDER else (len(ORDER), method)
 
 
 def table(summary, profile) -> str:
@@ -132,18 +135,22 @@ def plots(summary, stem: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    full = [s for s in summary if s["method"] == "full"]
-    for s in full:
-        ax.axhline(s["top1_mean"], color="k", ls="--", lw=1, label="full data, KD")
-    for method in sorted({s["method"] for s in summary if s["ratio"] > 0}, key=_rank):
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
+    for s in summary:
+        if s["method"] in ("full", "full-nokd"):
+            kd = s["method"] == "full"
+            ax.axhline(s["top1_mean"], color="k" if kd else "0.5", ls="--" if kd else ":", lw=1,
+                       label=f"full data, {'KD' if kd else 'no KD'} ({s['top1_mean']:.2f})")
+    for k, method in enumerate(sorted({s["method"] for s in summary if s["ratio"] > 0}, key=_rank)):
         pts = sorted((s for s in summary if s["method"] == method and s["ratio"] > 0), key=lambda s: s["ratio"])
+        ablation = "@" in method  # design choices screened against the default: thinner, fainter
         ax.errorbar(
-            [s["ratio"] for s in pts], [s["top1_mean"] for s in pts],
-            yerr=[s["top1_std"] or 0 for s in pts], marker="o", capsize=3, label=method,
+            [s["ratio"] for s in pts], [s["top1_mean"] for s in pts], yerr=[s["top1_std"] or 0 for s in pts],
+            marker="s" if ablation else "o", ms=4 if ablation else 6, lw=1 if ablation else 1.8,
+            ls=":" if ablation else "-", alpha=0.6 if ablation else 1.0, capsize=3, color=f"C{k % 10}", label=method,
         )
     ax.set(xlabel="pruning ratio (fraction removed)", ylabel="student test top-1 (%)", title="KD on the kept rows")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(f"{stem}_accuracy.png", dpi=120)
 
@@ -188,5 +195,16 @@ def report(path):
     return summary
 
 
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("jsonl", nargs="?", help="a sweep's JSONL (default: the profile's, in benchmarks/results)")
+    parser.add_argument("--profile", default="cpu", help="which sweep to report when no JSONL is given")
+    args = parser.parse_args(argv)
+    path = Path(args.jsonl) if args.jsonl else ROOT / "benchmarks" / "results" / f"kd_sweep_{args.profile}.jsonl"
+    if not path.exists():
+        raise SystemExit(f"No sweep results at {path}; run `python benchmarks/kd_sweep.py --profile {args.profile}`.")
+    report(path)
+
+
 if __name__ == "__main__":
-    report(sys.argv[1] if len(sys.argv) > 1 else ROOT / "benchmarks/results/kd_sweep_cpu.jsonl")
+    main()

@@ -40,3 +40,15 @@ def test_summary_pairs_seeds_and_verdict_applies_the_criterion():
     # a third random seed that if-beta lacks does not move if-beta's comparison
     extra = {v["method"]: v for v in report.verdict(report.summarise(rows + [cell("random", 0.7, 2, 70.0)]))}
     assert extra["if-beta"]["diff_vs_random"] == verdicts["if-beta"]["diff_vs_random"]
+
+
+def test_ablations_sort_after_the_registry_methods_by_name():
+    methods = ["if-beta@l2=0.01", "random", "if-beta@a=1", "if-beta", "dual-beta"]
+    assert sorted(methods, key=report._rank) == ["if-beta", "random", "dual-beta", "if-beta@a=1", "if-beta@l2=0.01"]
+
+
+def test_missing_sweep_names_the_file_and_the_command(tmp_path):
+    with pytest.raises(SystemExit, match=r"kd_sweep_nope\.jsonl.*--profile nope"):
+        report.main(["--profile", "nope"])
+    with pytest.raises(SystemExit, match="absent.jsonl"):
+        report.main([str(tmp_path / "absent.jsonl")])

@@ -132,8 +132,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
     parser.add_argument("--allow_teacher_pass", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a running sweep owns the rest)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the sweep owns the other core
+    torch.set_num_threads(args.threads)
 
     results = [
         r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{args.profile}.jsonl")

@@ -82,7 +82,7 @@ def table(summary, profile) -> str:
         kept = "100 %" if s["ratio"] == 0 else f"{100 * (1 - s['ratio']):.0f} %"
         lines.append(
             f"| {s['method']} | {s['ratio']} | {kept} | {s['top1_mean']:.2f}{spread} | {len(s['seeds'])} | {diff} | {ab} | "
-            f"{s['prune_time_s']:.0f} | {s['kd_time_s']:.0f} |"
+            f"{s['prune_time_s']:.2g} | {s['kd_time_s']:.0f} |"
         )
     return "\n".join(lines)
 

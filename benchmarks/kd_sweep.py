@@ -252,6 +252,10 @@ def default_cells(seeds_main=(0, 1), seeds_other=(0,)) -> List[Dict]:
         for method in ("el2n", "entropy", "ccs", "moderate", "dual-beta"):
             for ratio in ratios:
                 cells.append(dict(method=method, ratio=ratio, seed=seed))
+    # The proxy's KD weight and temperature (IFBETA.md leaves both open; alpha=0 makes the validation objective
+    # the labels' cross-entropy alone), in the default box, at ratio 0.7 on seeds 0 and 1 like the screen above.
+    proxy = tuple(f"if-beta@{setting}" for setting in ("alpha=0.0", "alpha=0.5", "temperature=1.0"))
+    cells += [dict(method=method, ratio=0.7, seed=seed) for method in proxy for seed in seeds_main]
     cells += [dict(method="influence", ratio=ratio, seed=third) for ratio in ratios]
     cells.append(dict(method="full", ratio=0.0, seed=third))
     return cells

@@ -61,6 +61,11 @@ def _method_cost(row) -> float:
     return timings.get("scoring_s", 0.0) + timings.get("selection_s", 0.0)
 
 
+def _seconds(x: float) -> str:
+    """Two significant digits below 10 s (the baselines cost milliseconds), whole seconds above."""
+    return f"{x:.2g}" if x < 10 else f"{x:.0f}"
+
+
 def _rank(method):
     """Registry methods in ORDER, then the `method@setting` ablations by name."""
     return (ORDER.index(method), "") if method in ORDER else (len(ORDER), method)
@@ -82,7 +87,7 @@ def table(summary, profile) -> str:
         kept = "100 %" if s["ratio"] == 0 else f"{100 * (1 - s['ratio']):.0f} %"
         lines.append(
             f"| {s['method']} | {s['ratio']} | {kept} | {s['top1_mean']:.2f}{spread} | {len(s['seeds'])} | {diff} | {ab} | "
-            f"{s['prune_time_s']:.2g} | {s['kd_time_s']:.0f} |"
+            f"{_seconds(s['prune_time_s'])} | {s['kd_time_s']:.0f} |"
         )
     return "\n".join(lines)
 

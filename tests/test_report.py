@@ -52,3 +52,7 @@ def test_missing_sweep_names_the_file_and_the_command(tmp_path):
         report.main(["--profile", "nope"])
     with pytest.raises(SystemExit, match="absent.jsonl"):
         report.main([str(tmp_path / "absent.jsonl")])
+
+
+def test_method_cost_keeps_milliseconds_and_whole_seconds():
+    assert [report._seconds(x) for x in (0.0052, 4.08, 11.37, 126.4)] == ["0.0052", "4.1", "11", "126"]

@@ -256,6 +256,11 @@ def default_cells(seeds_main=(0, 1), seeds_other=(0,)) -> List[Dict]:
     # the labels' cross-entropy alone), in the default box, at ratio 0.7 on seeds 0 and 1 like the screen above.
     proxy = tuple(f"if-beta@{setting}" for setting in ("alpha=0.0", "alpha=0.5", "temperature=1.0"))
     cells += [dict(method=method, ratio=0.7, seed=seed) for method in proxy for seed in seeds_main]
+    # The screen again in the default box, so that every design choice is compared with the default itself.
+    screen_default_box = tuple(
+        f"if-beta@{setting}" for setting in ('score_type="self-influence"', "stratify=false", "l2=0.01")
+    )
+    cells += [dict(method=method, ratio=0.7, seed=seed) for method in screen_default_box for seed in seeds_main]
     cells += [dict(method="influence", ratio=ratio, seed=third) for ratio in ratios]
     cells.append(dict(method="full", ratio=0.0, seed=third))
     return cells

@@ -238,9 +238,8 @@ def default_cells(seeds_main=(0, 1), seeds_other=(0,)) -> List[Dict]:
     cells += [dict(method=method, ratio=0.7, seed=third) for method in ("random", "if-beta", ablation)]
     # (Also screened, at commit 8de01d2 and since removed because it lost: "if-beta@strata_per_class=10,
     # policy_max_ab=50", ranks and budgets within 10 k-means clusters of each class; its two cells stay in the JSONL.)
-    screen = tuple(
-        f"if-beta@{setting},policy_max_ab=50" for setting in ('score_type="self-influence"', "stratify=false", "l2=0.01")
-    )
+    screen_settings = ('score_type="self-influence"', "stratify=false", "l2=0.01")
+    screen = tuple(f"if-beta@{setting},policy_max_ab=50" for setting in screen_settings)
     cells += [dict(method=method, ratio=0.7, seed=seed) for method in screen for seed in seeds_main]
     for ratio in ratios[1:]:
         cells += [dict(method=method, ratio=ratio, seed=third) for method in ("random", "if-beta", ablation)]
@@ -257,9 +256,7 @@ def default_cells(seeds_main=(0, 1), seeds_other=(0,)) -> List[Dict]:
     proxy = tuple(f"if-beta@{setting}" for setting in ("alpha=0.0", "alpha=0.5", "temperature=1.0"))
     cells += [dict(method=method, ratio=0.7, seed=seed) for method in proxy for seed in seeds_main]
     # The screen again in the default box, so that every design choice is compared with the default itself.
-    screen_default_box = tuple(
-        f"if-beta@{setting}" for setting in ('score_type="self-influence"', "stratify=false", "l2=0.01")
-    )
+    screen_default_box = tuple(f"if-beta@{setting}" for setting in screen_settings)
     cells += [dict(method=method, ratio=0.7, seed=seed) for method in screen_default_box for seed in seeds_main]
     cells += [dict(method="influence", ratio=ratio, seed=third) for ratio in ratios]
     cells.append(dict(method="full", ratio=0.0, seed=third))

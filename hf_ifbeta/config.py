@@ -191,6 +191,26 @@ def _define_distillation_training_arguments():
             default=0.9,
             metadata={"help": "Weight of the KD term in [0, 1]; the cross-entropy on the labels gets 1 - alpha."},
         )
+        channels_last: bool = field(
+            default=True,
+            metadata={
+                "help": "Run student and teacher in channels_last memory format (faster convolutions under "
+                "autocast on GPUs and bf16 CPUs; no effect on models without 4-D activations)."
+            },
+        )
+        teacher_logit_cache: bool = field(
+            default=False,
+            metadata={
+                "help": "Store the teacher's logits of every (epoch, row) on disk and reuse them in later runs, on "
+                "any subset of the same rows (other ratios, other methods), so the teacher runs once per view. "
+                "Needs a training set from `prepare_image_dataset` with inputs up to 64 px (a seeded augmentation "
+                "stream). Costs rows x classes x 4 bytes per epoch on disk."
+            },
+        )
+        teacher_logit_cache_dir: Optional[str] = field(
+            default=None,
+            metadata={"help": "Folder of the teacher-logit cache; default `$HF_HOME/hf_ifbeta/teacher_logits`."},
+        )
         remove_unused_columns: bool = field(
             default=False,
             metadata={

@@ -8,7 +8,7 @@ normalisations each get their own.
 import functools
 import io
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
@@ -19,12 +19,14 @@ from PIL import Image
 
 __all__ = [
     "CorruptImageError",
+    "DecodedImageDataset",
     "DistillationCollator",
     "ImageBatchTransform",
     "PadCropFlip",
     "check_columns",
     "decode_image",
     "decode_image_tensor",
+    "decoded_images",
     "eval_transform",
     "find_image_column",
     "model_data_config",
@@ -117,10 +119,27 @@ class PadCropFlip:
     def batch(self, images: List[torch.Tensor]) -> torch.Tensor:
         """uint8 images, each (3, h, w) -> augmented, normalised float batch (B, 3, size, size)."""
         x = torch.stack([self._to_size(im) for im in images])  # (B, 3, S, S) uint8
-        b, s, p = x.shape[0], self.size, self.padding
-        padded = F.pad(x, (p, p, p, p))  # (B, 3, S + 2p, S + 2p), zeros = black, as T.RandomCrop(padding=p)
+        b, p = x.shape[0], self.padding
         offsets = torch.randint(0, 2 * p + 1, (b, 2)).tolist()
         flips = (torch.rand(b) < 0.5).tolist() if self.flip else [False] * b
+        return self.apply(x, offsets, flips)
+
+    def params(self, seed: int, epoch: int, num_rows: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Crop offsets (num_rows, 2) and flips (num_rows,) of every row at `epoch`: a seeded stream, so the
+        augmented view of row i depends only on (seed, epoch, i), never on batching or worker order."""
+        rng = np.random.default_rng([seed, epoch])
+        offsets = rng.integers(0, 2 * self.padding + 1, (num_rows, 2))
+        flips = rng.random(num_rows) < 0.5 if self.flip else np.zeros(num_rows, dtype=bool)
+        return offsets, flips
+
+    def apply(self, x: torch.Tensor, offsets: Sequence, flips: Sequence) -> torch.Tensor:
+        """Crop each of the uint8 images `x` (B, 3, size, size) at its (dy, dx) after zero padding, flip where
+        asked, normalise: (B, 3, size, size) float32."""
+        s, p = self.size, self.padding
+        offsets, flips = np.asarray(offsets).tolist(), np.asarray(flips).tolist()  # Python ints slice fastest
+        if p == 0 and not any(flips):
+            return x.float().sub_(self._shift).div_(self._scale)
+        padded = F.pad(x, (p, p, p, p))  # (B, 3, S + 2p, S + 2p), zeros = black, as T.RandomCrop(padding=p)
         out = torch.empty_like(x)
         # A Python loop over B slices beats gather-based indexing here: each copy is one small memcpy.
         for i, ((dy, dx), flip) in enumerate(zip(offsets, flips)):
@@ -310,15 +329,24 @@ def prepare_image_dataset(
     train: bool = True,
     teacher_logits_column: Optional[str] = None,
     padding: int = 4,
-) -> datasets.Dataset:
-    """Make an image-classification `datasets.Dataset` ready for `DistillationTrainer`.
+    rows: Optional[Sequence[int]] = None,
+    seed: Optional[int] = None,
+    cache_dir: Optional[str] = None,
+):
+    """Make an image-classification dataset ready for `DistillationTrainer`.
 
-    Checks the columns, then sets a lazy transform (`Dataset.with_transform`: nothing is decoded
-    or written up front) whose rows are `{"pixel_values", "labels"[, "teacher_logits"]}`:
-    `train_transform(model)` augmentation when `train`, else the model's evaluation transform
-    (`eval_transform(model)`; for inputs <= 64 px its batched equivalent `PadCropFlip(padding=0, flip=False)`).
-    The image column is read as encoded bytes (`datasets.Image(decode=False)`) so that
-    `decode_image_tensor` decodes whole batches without PIL on the training path.
+    Rows come out as `{"pixel_values", "labels"[, "teacher_logits"]}`. Two pipelines, chosen by the
+    model's input size:
+
+    - inputs up to 64 px (CIFAR, Tiny-ImageNet): the images are decoded once into a uint8 array,
+      cached on disk under `cache_dir` (keyed on the dataset's fingerprint, the column and the size),
+      and a `DecodedImageDataset` serves batches of them: `PadCropFlip` augmentation when `train`
+      (a seeded stream: the view of row i at epoch e depends only on (seed, e, i), which is what lets
+      `DistillationTrainingArguments(teacher_logit_cache=True)` reuse teacher logits across runs),
+      else the evaluation transform (normalisation only). Rows also carry `row_ids` and `epoch`.
+    - larger inputs (ImageNet): a lazy `datasets.Dataset.with_transform` that decodes each batch where
+      it is read (use DataLoader workers): timm's training transform for `train`, else the model's
+      evaluation transform.
 
     Args:
         dataset (`datasets.Dataset`): rows with an image and (unless `label_column=None`) a class id.
@@ -327,18 +355,24 @@ def prepare_image_dataset(
         image_column (`str`, *optional*): defaults to the dataset's only `datasets.Image` column.
         label_column (`str`, *optional*): class ids; None for unlabelled data (pure KD, `alpha=1`).
         train (`bool`): training augmentation (True) or the evaluation transform (False).
-        teacher_logits_column (`str`, *optional*): cached teacher logits to pass on as `teacher_logits`.
-            They must be the teacher's logits for the very pixels the student sees; with random
-            augmentation that holds only if the cache was made on the same augmented views.
-        padding (`int`): zero padding of the random crop for CIFAR-sized inputs.
+        teacher_logits_column (`str`, *optional*): precomputed teacher logits to pass on as
+            `teacher_logits`; they must be the teacher's logits for the very pixels the student sees.
+        padding (`int`): zero padding of the random crop for inputs up to 64 px.
+        rows (`Sequence[int]`, *optional*): train on these rows of `dataset` only (e.g. a
+            `PruningResult`'s `indices`). Prefer this to passing `dataset.select(rows)`: the decoded
+            images and the teacher-logit cache then belong to the whole dataset and are shared by every
+            subset of it.
+        seed (`int`, *optional*): seed of the augmentation stream; None takes the trainer's `args.seed`.
+        cache_dir (`str`, *optional*): where decoded images are kept; default `$HF_HOME/hf_ifbeta/decoded`.
 
     Returns:
-        The same rows with the transform set (a new `Dataset` object; the input is unchanged).
+        A `DecodedImageDataset` (inputs up to 64 px) or a `datasets.Dataset` with the transform set;
+        the input dataset is unchanged.
 
     Example:
     ```python
-    >>> train_ds = prepare_image_dataset(ds["train"], student, image_column="img", label_column="label")
-    >>> eval_ds = prepare_image_dataset(ds["test"], student, image_column="img", train=False)
+    >>> train_ds = prepare_image_dataset(ds["train"], student, "img", "label", rows=result.indices)
+    >>> eval_ds = prepare_image_dataset(ds["test"], student, "img", "label", train=False)
     ```
     """
     if label_column is None:
@@ -352,38 +386,196 @@ def prepare_image_dataset(
             f"Teacher-logits column {teacher_logits_column!r} is not in the dataset; its columns are "
             f"{dataset.column_names}."
         )
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or len(rows) == 0 or rows.min() < 0 or rows.max() >= len(dataset):
+            raise ValueError(
+                f"rows must be a non-empty list of row indices in [0, {len(dataset)}), got {len(rows)} values "
+                f"in [{rows.min() if rows.size else None}, {rows.max() if rows.size else None}]."
+            )
+    cfg = model_data_config(model)
+    size = cfg["input_size"][-1]
+    if size <= SMALL_INPUT_MAX and (train or cfg.get("crop_pct", 1.0) == 1.0):
+        # Without augmentation the transform is `eval_transform` (resize, centre crop at crop_pct 1, normalise).
+        transform = PadCropFlip(size, cfg["mean"], cfg["std"], padding=padding if train else 0, flip=train)
+        images = decoded_images(dataset, image_column, size, cache_dir)
+        labels = None if label_column is None else column_values(dataset, label_column).astype(np.int64)
+        logits = None
+        if teacher_logits_column is not None:
+            logits = np.asarray(column_values(dataset, teacher_logits_column).tolist(), dtype=np.float32)
+        return DecodedImageDataset(
+            images, transform, labels=labels, teacher_logits=logits, rows=rows, seed=seed,
+            fingerprint=dataset._fingerprint,
+        )
+    if rows is not None:
+        dataset = dataset.select(rows)
     feature = dataset.features[image_column]
     if isinstance(feature, datasets.Image) and feature.decode:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    if train:
-        transform = train_transform(model, padding=padding)
-    else:
-        cfg = model_data_config(model)
-        size = cfg["input_size"][-1]
-        if size <= SMALL_INPUT_MAX and cfg.get("crop_pct", 1.0) == 1.0:
-            # `eval_transform` (resize, centre crop, normalise) on whole uint8 batches: the same pixels up to
-            # float rounding for size x size images; 3-4x faster than PIL one image at a time.
-            transform = PadCropFlip(size, cfg["mean"], cfg["std"], padding=0, flip=False)
-        else:
-            transform = eval_transform(model)
+    transform = train_transform(model, padding=padding) if train else eval_transform(model)
     columns = [c for c in (image_column, label_column, teacher_logits_column) if c is not None]
     return dataset.with_transform(
         ImageBatchTransform(transform, image_column, label_column, teacher_logits_column), columns=columns
     )
 
 
+def decoded_images(
+    dataset: datasets.Dataset, image_column: str, size: int, cache_dir: Optional[str] = None
+) -> np.ndarray:
+    """Every image of `dataset[image_column]` as uint8 RGB at `size` x `size`: (n, 3, size, size), memory-mapped.
+
+    Decoded once (`decode_image_tensor`; other sizes are resized on the shorter side and centre-cropped)
+    and kept under `cache_dir/<key>.npy`, the key hashing the dataset's fingerprint, the column and the
+    size; a file of the wrong shape (a killed copy) is decoded again with a warning.
+    """
+    import hashlib
+    import json
+    import logging
+    import os
+    from pathlib import Path
+
+    from .features import default_cache_dir
+
+    identity = {"version": 1, "fingerprint": dataset._fingerprint, "rows": len(dataset), "column": image_column, "size": size}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "decoded"
+    path = root / f"{key}.npy"
+    shape = (len(dataset), 3, size, size)
+    if path.exists():
+        try:
+            images = np.load(path, mmap_mode="r")
+            if images.shape == shape and images.dtype == np.uint8:
+                return images
+            problem = f"holds {images.dtype} {images.shape}"
+        except ValueError as err:  # truncated: numpy cannot map the header's shape
+            problem = f"cannot be read ({err})"
+        logging.getLogger(__name__).warning("Decoded-image cache %s %s, expected uint8 %s: decoding again.", path, problem, shape)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    raw = dataset.select_columns([image_column])
+    if isinstance(raw.features[image_column], datasets.Image):
+        raw = raw.cast_column(image_column, datasets.Image(decode=False))
+    resize = PadCropFlip(size, (0.0,) * 3, (1.0,) * 3)._to_size
+    start = 0
+    for batch in raw.iter(batch_size=1024):
+        for i, value in enumerate(batch[image_column]):
+            out[start + i] = resize(decode_image_tensor(value, start + i, image_column)).numpy()
+        start += len(batch[image_column])
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+class DecodedImageDataset(torch.utils.data.Dataset):
+    """Rows of a small-image dataset decoded once, served in batches with a seeded augmentation stream.
+
+    A map-style torch dataset with `__getitems__` (whole batches at once, as `DataLoader` asks for them)
+    and `set_epoch` (called by the Trainer's dataloader each epoch). Row `k` is source row `rows[k]`;
+    its view at epoch e is `transform.params(seed, e, n)` at that source row, so every subset of the
+    same source sees the same augmented pixels for the same row. Rows are
+    `{"pixel_values" (3, S, S) float32, "labels", "teacher_logits", "row_ids" (source row), "epoch"}`.
+
+    Args:
+        images (`np.ndarray`): (n, 3, S, S) uint8, possibly memory-mapped (`decoded_images`).
+        transform (`PadCropFlip`): augmentation (or, with `padding=0, flip=False`, evaluation) transform.
+        labels (`np.ndarray`, *optional*): (n,) int64 class ids.
+        teacher_logits (`np.ndarray`, *optional*): (n, C) float32 precomputed teacher logits.
+        rows (`np.ndarray`, *optional*): the source rows served, in order; default all.
+        seed (`int`, *optional*): seed of the augmentation stream (`set_seed`); None means 0 until set.
+        fingerprint (`str`, *optional*): the source dataset's fingerprint, part of `augmentation_identity`.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        transform: PadCropFlip,
+        labels: Optional[np.ndarray] = None,
+        teacher_logits: Optional[np.ndarray] = None,
+        rows: Optional[np.ndarray] = None,
+        seed: Optional[int] = None,
+        fingerprint: Optional[str] = None,
+    ):
+        self.images, self.transform, self.labels, self.teacher_logits = images, transform, labels, teacher_logits
+        self.rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.seed, self.fingerprint = seed, fingerprint
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by DataLoader workers too
+        self._params = None  # (epoch, seed, offsets, flips) of the last epoch served
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rows={len(self)}, source_rows={len(self.images)}, transform={self.transform!r})"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        if isinstance(self.images, np.memmap) and self.images.filename:  # workers map the file, not a copy
+            state["images"] = (self.images.filename, self.images.offset, self.images.shape)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        if isinstance(state["images"], tuple):
+            filename, offset, shape = state["images"]
+            state["images"] = np.memmap(filename, dtype=np.uint8, mode="r", offset=offset, shape=shape)
+        self.__dict__.update(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def set_seed(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def augmentation_identity(self) -> Dict[str, Any]:
+        """What determines the pixels of (source row, epoch): the teacher-logit cache's key."""
+        return {
+            "fingerprint": self.fingerprint,
+            "source_rows": len(self.images),
+            "transform": repr(self.transform),
+            "seed": self.seed or 0,
+        }
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Dict[str, Any]]:
+        epoch = int(self._epoch)
+        source = self.rows[np.asarray(indices, dtype=np.int64)]
+        order = np.argsort(source, kind="stable")  # sorted reads of a memory map touch each page once
+        x = np.empty((len(source), *self.images.shape[1:]), dtype=np.uint8)
+        x[order] = self.images[source[order]]
+        offsets, flips = self._augmentation(epoch)
+        pixel_values = self.transform.apply(torch.from_numpy(x), offsets[source], flips[source])
+        out = [{"pixel_values": pixel_values[i], "row_ids": int(row), "epoch": epoch} for i, row in enumerate(source)]
+        if self.labels is not None:
+            for row, label in zip(out, self.labels[source].tolist()):
+                row["labels"] = label
+        if self.teacher_logits is not None:
+            for row, logits in zip(out, self.teacher_logits[source]):
+                row["teacher_logits"] = logits
+        return out
+
+    def _augmentation(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        seed = self.seed or 0
+        if self._params is None or self._params[:2] != (epoch, seed):
+            self._params = (epoch, seed, *self.transform.params(seed, epoch, len(self.images)))
+        return self._params[2], self._params[3]
+
+
 class DistillationCollator:
     """Stack `pixel_values` and `labels` (and `teacher_logits` when cached) into batch tensors.
 
-    Rows come from `ImageBatchTransform`: `pixel_values` (3, H, W) float, `labels` an int,
-    `teacher_logits` (C,) floats. The batch holds `pixel_values` (B, 3, H, W), `labels` (B,) int64
-    and `teacher_logits` (B, C) float32.
+    Rows come from `DecodedImageDataset` or `ImageBatchTransform`: `pixel_values` (3, H, W) float,
+    `labels` an int, `teacher_logits` (C,) floats, `row_ids` and `epoch` ints. The batch holds
+    `pixel_values` (B, 3, H, W), `labels`, `row_ids` and `epoch` (B,) int64 and `teacher_logits` (B, C) float32.
     """
 
     def __call__(self, features: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         batch = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
-        if "labels" in features[0]:
-            batch["labels"] = torch.as_tensor([int(f["labels"]) for f in features], dtype=torch.long)
+        for key in ("labels", "row_ids", "epoch"):
+            if key in features[0]:
+                batch[key] = torch.as_tensor([int(f[key]) for f in features], dtype=torch.long)
         if "teacher_logits" in features[0]:
             batch["teacher_logits"] = torch.stack(
                 [torch.as_tensor(f["teacher_logits"], dtype=torch.float32) for f in features]

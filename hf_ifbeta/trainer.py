@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Keys of the batches DistillationCollator builds; with `remove_unused_columns=True` these are the
 # columns the Trainer keeps (the student's forward signature says nothing about them for timm models).
-BATCH_KEYS = ("pixel_values", "labels", "teacher_logits")
+BATCH_KEYS = ("pixel_values", "labels", "teacher_logits", "row_ids", "epoch")
 
 
 def accuracy_metrics(eval_pred: EvalPrediction) -> Dict[str, float]:
@@ -121,6 +121,10 @@ class DistillationTrainer(Trainer):
             )
         if "compute_loss_func" in kwargs:
             raise TypeError("DistillationTrainer computes the KD loss itself; it takes no compute_loss_func.")
+        if args.channels_last and model is not None:
+            model = model.to(memory_format=torch.channels_last)
+        if getattr(train_dataset, "seed", 0) is None and hasattr(train_dataset, "set_seed"):
+            train_dataset.set_seed(args.seed)  # the augmentation stream follows the run's seed
         super().__init__(
             model=model,
             args=args,
@@ -142,6 +146,8 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             # Not an attribute of the student: stays out of the optimizer, DDP and checkpoints.
             self.teacher_model = teacher_model.to(device).eval().requires_grad_(False)
+            if args.channels_last:
+                self.teacher_model.to(memory_format=torch.channels_last)
             self._teacher_keyword = _takes_pixel_values(teacher_model)
             student_cfg = _data_config(student, student_data_config)
             teacher_cfg = _data_config(teacher_model, teacher_data_config)
@@ -153,6 +159,7 @@ class DistillationTrainer(Trainer):
                 )
             self._teacher_input = TeacherInputAdapter.from_configs(student_cfg, teacher_cfg, device)
 
+        self.logit_cache = self._make_logit_cache(train_dataset)
         # Fail before training: a dataset the batches cannot be built from, then disagreeing class counts.
         example = self._check_dataset(train_dataset, "training", train=True)
         if isinstance(eval_dataset, Mapping):
@@ -165,6 +172,7 @@ class DistillationTrainer(Trainer):
 
         # Running sums since the last training log: [kd, ce, number of micro-batches].
         self._kd_parts = torch.zeros(3, device=self.args.device)
+        self.teacher_forward_rows = 0  # rows the teacher has run on, for the logs and the cache's tests
 
     # ---- loss ----
 
@@ -179,12 +187,17 @@ class DistillationTrainer(Trainer):
 
         `num_items_in_batch` is ignored: the loss is a mean over the micro-batch's images.
         """
-        pixel_values = inputs["pixel_values"]  # (B, 3, H, W)
+        pixel_values = self._pixels(inputs)  # (B, 3, H, W)
         labels = inputs.get("labels")  # (B,) or None
         with self.accelerator.autocast():
             student_logits = _forward_logits(model, pixel_values, self._student_keyword)  # (B, C)
-        teacher_logits = inputs.get("teacher_logits")  # (B, C) when cached
-        if teacher_logits is None:
+        teacher_logits = inputs.get("teacher_logits")  # (B, C) when precomputed
+        if teacher_logits is None and self.logit_cache is not None and model.training and "row_ids" in inputs:
+            epoch = int(inputs["epoch"][0])  # one epoch per batch: the dataset's set_epoch
+            teacher_logits = self.logit_cache.get(
+                epoch, inputs["row_ids"], lambda missing: self.teacher_logits(pixel_values[missing])
+            )
+        elif teacher_logits is None:
             teacher_logits = self.teacher_logits(pixel_values)
         loss, kd, ce = kd_loss(
             student_logits, teacher_logits, labels, alpha=self.args.alpha, temperature=self.args.temperature
@@ -206,9 +219,40 @@ class DistillationTrainer(Trainer):
             )
         if self.teacher_model.training:  # someone switched it back; BatchNorm statistics must not move
             self.teacher_model.eval()
+        self.teacher_forward_rows += len(pixel_values)
         x = self._teacher_input(pixel_values)
         with self.accelerator.autocast():
             return _forward_logits(self.teacher_model, x, self._teacher_keyword)
+
+    def _pixels(self, inputs: Dict[str, Any]) -> torch.Tensor:
+        pixel_values = inputs["pixel_values"]
+        if self.args.channels_last and pixel_values.dim() == 4:
+            return pixel_values.contiguous(memory_format=torch.channels_last)
+        return pixel_values
+
+    def _make_logit_cache(self, train_dataset: Any):
+        """The `TeacherLogitCache` of this run's teacher and augmentation stream, or None when off."""
+        if not self.args.teacher_logit_cache:
+            return None
+        if not hasattr(train_dataset, "augmentation_identity"):
+            raise ValueError(
+                "teacher_logit_cache=True needs a training set with a seeded augmentation stream: "
+                "hf_ifbeta.data.prepare_image_dataset(...) of images up to 64 px gives one; got "
+                f"{type(train_dataset).__name__}."
+            )
+        if self.teacher_model is None:
+            raise ValueError("teacher_logit_cache=True needs a teacher_model to fill the cache.")
+        from .features import default_cache_dir
+        from .logit_cache import TeacherLogitCache, state_dict_digest
+
+        identity = {
+            "teacher": state_dict_digest(self.teacher_model),
+            "teacher_input": repr(self._teacher_input),
+            "precision": "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32",
+            "data": train_dataset.augmentation_identity(),
+        }
+        root = self.args.teacher_logit_cache_dir or default_cache_dir() / "teacher_logits"
+        return TeacherLogitCache(root, identity, num_rows=identity["data"]["source_rows"])
 
     # ---- evaluation ----
 
@@ -229,7 +273,7 @@ class DistillationTrainer(Trainer):
             else:
                 loss = None
                 with self.accelerator.autocast():
-                    logits = _forward_logits(model, inputs["pixel_values"], self._student_keyword)
+                    logits = _forward_logits(model, self._pixels(inputs), self._student_keyword)
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach().float(), labels
@@ -239,6 +283,9 @@ class DistillationTrainer(Trainer):
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[Dict] = None) -> None:
         """Save as transformers does, plus timm's `config.json` for a timm student, so that the folder (and a
         pushed repo) loads with `timm.create_model("local-dir:<folder>")` / `"hf-hub:<repo>"`."""
+        if state_dict is None and self.args.channels_last:
+            # safetensors stores contiguous tensors only; channels_last conv weights are not.
+            state_dict = {k: v.contiguous() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
         super()._save(output_dir, state_dict)
         student = self.accelerator.unwrap_model(self.model)
         if _is_timm_model(student) and self.args.should_save:
@@ -371,6 +418,10 @@ class TeacherInputAdapter:
     ):
         self.scale, self.shift, self.size = scale, shift, size  # scale, shift: (1, 3, 1, 1)
         self.mode = interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
+
+    def __repr__(self) -> str:
+        values = {k: None if v is None else v.flatten().tolist() for k, v in (("scale", self.scale), ("shift", self.shift))}
+        return f"{type(self).__name__}(scale={values['scale']}, shift={values['shift']}, size={self.size}, mode={self.mode!r})"
 
     @classmethod
     def from_configs(

@@ -42,6 +42,13 @@ class PrunerConfig:
         default="float32",
         metadata={"help": "Storage dtype of cached features: float32, or float16 to halve disk and memory at ImageNet scale."},
     )
+    teacher_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "The teacher pass's forward: fp32, bf16 (autocast + channels_last; features and logits stored "
+            "in float32) or auto (bf16 where the GPU or CPU computes it natively, else fp32)."
+        },
+    )
 
     # Proxy head and influence
     alpha: float = field(default=0.9, metadata={"help": "Weight of the KD term in the proxy loss, in [0, 1]."})
@@ -121,6 +128,8 @@ class PrunerConfig:
             raise ValueError(f"Unknown hessian mode: {self.hessian}. Choose between {list(HESSIAN_MODES)}.")
         if self.score_type not in SCORE_TYPES:
             raise ValueError(f"Unknown score_type: {self.score_type}. Choose between {list(SCORE_TYPES)}.")
+        if self.teacher_precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"Unknown teacher_precision: {self.teacher_precision}. Choose between ['auto', 'bf16', 'fp32'].")
         if self.features_dtype not in ("float32", "float16"):
             raise ValueError(f"features_dtype must be float32 or float16, got {self.features_dtype}.")
         if not 0.0 < self.val_fraction < 1.0:

@@ -43,6 +43,7 @@ __all__ = ["TeacherOutputs", "compute_teacher_outputs", "default_cache_dir"]
 logger = logging.getLogger(__name__)
 
 FEATURES_DTYPES = ("float32", "float16")
+PRECISIONS = ("auto", "bf16", "fp32")
 # Bump when the cached arrays change meaning: old caches then get another key instead of being reused.
 CACHE_VERSION = 1
 META_FILE = "meta.json"
@@ -135,6 +136,7 @@ def compute_teacher_outputs(
     chunk_size: int = 4096,
     cache_dir: Optional[Union[str, os.PathLike]] = None,
     features_dtype: str = "float32",
+    precision: str = "fp32",
     accelerator: Optional[Any] = None,
     progress: bool = True,
 ) -> TeacherOutputs:
@@ -161,6 +163,9 @@ def compute_teacher_outputs(
         cache_dir (`str` or `os.PathLike`, *optional*): cache root; default `$HF_HOME/hf_ifbeta`.
         features_dtype (`str`): `"float32"`, or `"float16"` to halve the features on disk and in memory
             (ImageNet scale: 1.28 M x 2048 features are 10.5 GB in float32). Logits stay float32.
+        precision (`str`): the teacher's forward: `"fp32"`, `"bf16"` (autocast and channels_last; features and
+            logits are still stored in float32), or `"auto"`: bf16 where the device computes it natively
+            (CUDA with bf16, CPUs with AVX512-BF16 / AMX), else fp32.
         accelerator (`accelerate.Accelerator` or `accelerate.PartialState`, *optional*): with several
             processes, chunk k is computed by process `k % num_processes`; every process returns the same,
             complete outputs.
@@ -180,6 +185,8 @@ def compute_teacher_outputs(
         )
     if features_dtype not in FEATURES_DTYPES:
         raise ValueError(f"Unknown features_dtype {features_dtype!r}. Choose between {list(FEATURES_DTYPES)}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}. Choose between {list(PRECISIONS)}.")
     minimums = {"batch_size": (batch_size, 1), "chunk_size": (chunk_size, 1), "num_workers": (num_workers, 0)}
     for name, (value, low) in minimums.items():
         if not isinstance(value, int) or value < low:
@@ -193,7 +200,11 @@ def compute_teacher_outputs(
     process_index = getattr(accelerator, "process_index", 0)
     is_main = process_index == 0
 
+    device = torch.device(accelerator.device) if accelerator is not None else _device_of(teacher)
+    precision = resolve_precision(precision, device)
     identity = _identity(teacher, dataset, transform, image_column, label_column, features_dtype)
+    if precision != "fp32":  # fp32 caches keep the key they had before the option existed
+        identity["precision"] = precision
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     if num_processes > 1:
         # Every process must write to and read from the same folder, even if, say, a transform repr
@@ -222,11 +233,10 @@ def compute_teacher_outputs(
             len(dataset), len(missing), num_chunks, cache,
         )
     if todo:
-        device = torch.device(accelerator.device) if accelerator is not None else _device_of(teacher)
         _run_chunks(
             teacher, dataset, image_column, label_column, transform, todo, chunk_size, cache,
             batch_size=batch_size, num_workers=num_workers, features_dtype=features_dtype, device=device,
-            progress=progress and is_main,
+            bf16=precision == "bf16", progress=progress and is_main,
         )
     _wait(accelerator)
     if is_main:
@@ -253,6 +263,7 @@ def _run_chunks(
     num_workers: int,
     features_dtype: str,
     device: torch.device,
+    bf16: bool,
     progress: bool,
 ) -> None:
     """Compute the chunks `todo` and write each one to `cache` as soon as its last batch is done."""
@@ -279,14 +290,18 @@ def _run_chunks(
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     was_training = teacher.training
     teacher.eval()
+    memory_format = torch.channels_last if bf16 else torch.contiguous_format
+    if bf16:
+        teacher.to(memory_format=torch.channels_last)
     total = sum(stop - start for _, start, stop in spans)
     bar = tqdm(total=total, desc="Teacher pass", unit="img", disable=not progress)
     chunk: Optional[_Chunk] = None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for (k, start, stop), (start_, pixels) in zip(spans, loader):
                 assert start_ == start, "the loader must keep the order of its sampler"
-                features, logits = _forward(teacher, pixels.to(device, dtype=dtype, non_blocking=True))
+                pixels = pixels.to(device, dtype=dtype, non_blocking=True).contiguous(memory_format=memory_format)
+                features, logits = _forward(teacher, pixels)
                 if chunk is None:
                     chunk = _Chunk(k, *_chunk_rows(k, chunk_size, n), features.shape[1], logits.shape[1])
                 chunk.put(start, features, logits)
@@ -297,6 +312,8 @@ def _run_chunks(
     finally:
         bar.close()
         teacher.train(was_training)
+        if bf16:
+            teacher.to(memory_format=torch.contiguous_format)
 
 
 def _forward(teacher: nn.Module, pixels: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
@@ -625,6 +642,17 @@ def _linear_head(teacher: nn.Module, num_features: int) -> Optional[Tuple[np.nda
         else np.zeros(classifier.out_features, dtype=np.float32)
     )
     return weight, bias
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`"auto"` -> `"bf16"` where `device` computes bfloat16 natively, else `"fp32"`; other values unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
 
 
 def _device_of(teacher: nn.Module) -> torch.device:

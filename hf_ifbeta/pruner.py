@@ -343,6 +343,7 @@ class DatasetPruner:
             chunk_size=c.chunk_size,
             cache_dir=c.cache_dir,
             features_dtype=c.features_dtype,
+            precision=c.teacher_precision,
             accelerator=self.accelerator,
         )
 

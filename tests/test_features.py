@@ -286,3 +286,21 @@ def test_teacher56_on_real_cifar(cifar_train_2k, teacher56, tmp_path):
     assert accuracy > 0.9, accuracy
     np.testing.assert_array_equal(out.labels, np.asarray(cifar_train_2k["label"]))
     assert out.head is not None and out.head[0].shape == (10, 64)
+
+
+def test_bf16_teacher_pass_stores_float32_close_to_fp32_in_its_own_cache(ds, teacher, tmp_path):
+    from hf_ifbeta.features import resolve_precision
+
+    fp32 = compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, **PASS)
+    bf16 = compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, precision="bf16", **PASS)
+    assert bf16.meta["key"] != fp32.meta["key"] and bf16.meta["identity"]["precision"] == "bf16"
+    assert "precision" not in fp32.meta["identity"]  # fp32 caches keep their key
+    assert bf16.features.dtype == np.float32 and bf16.logits.dtype == np.float32
+    scale = np.abs(fp32.logits).max()
+    assert np.abs(bf16.logits - fp32.logits).max() < 0.05 * scale  # bf16 keeps 8 bits of mantissa
+    assert not np.array_equal(bf16.logits, fp32.logits)  # it did run in bf16
+    assert next(teacher.parameters()).is_contiguous()  # the teacher is handed back as it came
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    with pytest.raises(ValueError, match=r"Unknown precision 'half'. Choose between \['auto', 'bf16', 'fp32'\]"):
+        compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, precision="half", **PASS)

@@ -1,11 +1,14 @@
-"""Table and plots of the KD sweep, made from the committed JSONL only.
+"""Tables and plots of the KD sweep, made from the committed JSONL only, one table per setting.
 
     python benchmarks/report.py                      # the CPU profile's sweep
     python benchmarks/report.py --profile gpu        # benchmarks/results/kd_sweep_gpu.jsonl
     python benchmarks/report.py path/to/sweep.jsonl
 
-Prints the table, writes `<stem>_summary.json`, `<stem>_accuracy.png`, `<stem>_policies.png` next to
-the JSONL, and refreshes the block between the `<!-- sweep-table -->` markers in docs/results.md.
+Every difference to random is paired (the same seeds) and comes with a 95 % t-interval of the paired
+differences over seeds. Prints the tables, writes `<stem>_summary.json`, `<stem>_accuracy.png`,
+`<stem>_policies.png` (the CIFAR-10 setting) and `<stem>_settings.png` (IF-Beta minus random per
+setting and ratio) next to the JSONL, and refreshes the blocks between the `<!-- sweep-table -->` and
+`<!-- settings-table -->` markers in docs/results.md.
 """
 
 import argparse
@@ -18,6 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- sweep-table:start -->", "<!-- sweep-table:end -->"
+SETTINGS_START, SETTINGS_END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+BASE_SETTING = "cifar10"  # cells without a setting: the sweep before settings existed
 ORDER = ["if-beta", "influence", "random", "el2n", "entropy", "ccs", "moderate", "dual-beta", "self-influence"]
 
 
@@ -25,8 +30,29 @@ def load(path: Path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def setting_of(row) -> str:
+    return row.get("setting", BASE_SETTING)
+
+
+def engine_of(row) -> str:
+    return row.get("engine", "loop")
+
+
+def paired_interval(diffs, level: float = 0.95):
+    """(mean, low, high) of paired differences: the t-interval over seeds; no interval with fewer than 2."""
+    from scipy.stats import t
+
+    diffs = np.asarray(diffs, dtype=float)
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return mean, None, None
+    half = float(t.ppf(0.5 + level / 2, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    return mean, mean - half, mean + half
+
+
 def summarise(rows):
-    """Per (method, ratio): mean, spread, seeds, paired difference to random on the same seeds, timings."""
+    """Per (method, ratio): mean, spread, seeds, paired difference to random on the same seeds (with its 95 %
+    interval), timings, and for noisy-label settings the share of flipped rows kept."""
     cells = defaultdict(dict)
     for r in rows:
         cells[(r["method"], r["ratio"])][r["seed"]] = r
@@ -35,6 +61,8 @@ def summarise(rows):
         acc = np.array([r["test_top1"] for r in by_seed.values()])
         random = cells.get(("random", ratio), {})
         paired = [by_seed[s]["test_top1"] - random[s]["test_top1"] for s in by_seed if s in random]
+        interval = paired_interval(paired) if paired and method != "random" else (None, None, None)
+        flipped = [r["flipped_kept_share"] for r in by_seed.values() if "flipped_kept_share" in r]
         policies = [r["policy"] for r in by_seed.values() if r.get("policy") and "a" in r["policy"]]
         summary.append(
             {
@@ -47,6 +75,8 @@ def summarise(rows):
                 "top1_max": float(acc.max()),
                 "paired_diff_vs_random": float(np.mean(paired)) if paired and method != "random" else None,
                 "paired_seeds": len(paired) if method != "random" else 0,
+                "paired_ci95": list(interval[1:]) if interval[1] is not None else None,
+                "flipped_kept_share": float(np.mean(flipped)) if flipped else None,
                 # scoring + selection on top of the shared, cached teacher pass
                 "prune_time_s": float(np.mean([_method_cost(r) for r in by_seed.values()])),
                 "kd_time_s": float(np.mean([r["kd_time_s"] for r in by_seed.values()])),
@@ -71,23 +101,37 @@ def _rank(method):
     return (ORDER.index(method), "") if method in ORDER else (len(ORDER), method)
 
 
-def table(summary, profile) -> str:
+def _diff(s) -> str:
+    """`+0.45 [-0.10, +1.00] (3)`: mean paired difference, its 95 % interval, seeds."""
+    if s["paired_diff_vs_random"] is None:
+        return ""
+    ci = f" [{s['paired_ci95'][0]:+.2f}, {s['paired_ci95'][1]:+.2f}]" if s.get("paired_ci95") else ""
+    return f"{s['paired_diff_vs_random']:+.2f}{ci} ({s['paired_seeds']})"
+
+
+def table(summary, profile, title="") -> str:
+    noisy = any(s.get("flipped_kept_share") is not None for s in summary)
     lines = [
-        f"Profile `{profile}`. Test top-1 (%) of a ResNet-20 student distilled from scratch on the kept rows; "
-        "mean ± sample std over seeds (n = number of seeds); Δ = mean paired difference to random on the same seeds; "
-        "method s = the method's scoring + selection on top of the shared teacher pass; KD s = distillation wall time.",
+        f"{title}Profile `{profile}`. Test top-1 (%) of the student distilled from scratch on the kept rows; "
+        "mean ± sample std over seeds (n = number of seeds); Δ = mean paired difference to random on the same seeds "
+        "with its 95 % t-interval over seeds [low, high] and the number of pairs; "
+        "method s = the method's scoring + selection on top of the shared teacher pass; KD s = distillation wall time."
+        + (" Flipped kept = share of the rows with a flipped label that the method keeps." if noisy else ""),
         "",
-        "| method | ratio | kept | top-1 | n | Δ vs random | (a, b) | method s | KD s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | ratio | kept | top-1 | n | Δ vs random [95 % CI] | (a, b) | method s | KD s |" + (" flipped kept |" if noisy else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if noisy else ""),
     ]
     for s in summary:
         spread = f" ± {s['top1_std']:.2f}" if s["top1_std"] is not None else ""
-        diff = f"{s['paired_diff_vs_random']:+.2f} ({s['paired_seeds']})" if s["paired_diff_vs_random"] is not None else ""
         ab = ", ".join(f"({p['a']:.2f}, {p['b']:.2f})" for p in s["policies"])
         kept = "100 %" if s["ratio"] == 0 else f"{100 * (1 - s['ratio']):.0f} %"
+        flipped = ""
+        if noisy:
+            share = s.get("flipped_kept_share")
+            flipped = f" {100 * share:.1f} % |" if share is not None else " |"
         lines.append(
-            f"| {s['method']} | {s['ratio']} | {kept} | {s['top1_mean']:.2f}{spread} | {len(s['seeds'])} | {diff} | {ab} | "
-            f"{_seconds(s['prune_time_s'])} | {s['kd_time_s']:.0f} |"
+            f"| {s['method']} | {s['ratio']} | {kept} | {s['top1_mean']:.2f}{spread} | {len(s['seeds'])} | {_diff(s)} | {ab} | "
+            f"{_seconds(s['prune_time_s'])} | {s['kd_time_s']:.0f} |{flipped}"
         )
     return "\n".join(lines)
 
@@ -179,25 +223,154 @@ def plots(summary, stem: Path):
     fig.savefig(f"{stem}_policies.png", dpi=120)
 
 
+def split_rows(rows):
+    """{setting: its rows}; CIFAR-10 cells the trainer reran against the committed loop cells go to `engine_check`."""
+    groups, engine_check = defaultdict(list), []
+    for r in rows:
+        if setting_of(r) == BASE_SETTING and engine_of(r) != "loop":
+            engine_check.append(r)
+        else:
+            groups[setting_of(r)].append(r)
+    return dict(groups), engine_check
+
+
+def engine_table(loop_rows, trainer_rows) -> str:
+    """The trainer's reruns of committed cells next to the loop's, with the loop cells' spread over seeds."""
+    loop = {(r["method"], r["ratio"], r["seed"]): r["test_top1"] for r in loop_rows}
+    spread = defaultdict(list)
+    for (method, ratio, _), top1 in loop.items():
+        spread[(method, ratio)].append(top1)
+    lines = [
+        "Cells rerun through `DistillationTrainer` (with its teacher-logit cache) against the committed cells of the "
+        "hand-written loop: same setting, method, ratio and seed. Seed spread = sample std of the loop's cells over seeds.",
+        "",
+        "| method | ratio | seed | loop top-1 | trainer top-1 | trainer − loop | seed spread (loop) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(trainer_rows, key=lambda r: (r["ratio"], _rank(r["method"]), r["seed"])):
+        key = (r["method"], r["ratio"], r["seed"])
+        if key not in loop:
+            continue
+        values = spread[key[:2]]
+        sd = f"{np.std(values, ddof=1):.2f} (n = {len(values)})" if len(values) > 1 else "–"
+        lines.append(
+            f"| {r['method']} | {r['ratio']} | {r['seed']} | {loop[key]:.2f} | {r['test_top1']:.2f} | "
+            f"{r['test_top1'] - loop[key]:+.2f} | {sd} |"
+        )
+    return "\n".join(lines)
+
+
+def settings_summary(summaries, method="if-beta", ratios=(0.3, 0.5, 0.7)):
+    """{setting: {ratio: (mean, low, high, pairs)}} of `method` minus random."""
+    out = {}
+    for setting, summary in summaries.items():
+        by = {(s["method"], s["ratio"]): s for s in summary}
+        row = {}
+        for ratio in ratios:
+            s = by.get((method, ratio))
+            if s and s["paired_diff_vs_random"] is not None:
+                low, high = s["paired_ci95"] or (None, None)
+                row[ratio] = (s["paired_diff_vs_random"], low, high, s["paired_seeds"])
+        if row:
+            out[setting] = row
+    return out
+
+
+def settings_table(overview, ratios=(0.3, 0.5, 0.7), method="if-beta") -> str:
+    lines = [
+        f"{method} minus random, test top-1 points, per setting and ratio: mean paired difference over seeds, "
+        "its 95 % t-interval [low, high] and the number of pairs (an interval needs two).",
+        "",
+        "| setting | " + " | ".join(f"ratio {r}" for r in ratios) + " |",
+        "| --- |" + " --- |" * len(ratios),
+    ]
+    for setting, row in overview.items():
+        cells = []
+        for ratio in ratios:
+            if ratio not in row:
+                cells.append("–")
+                continue
+            mean, low, high, n = row[ratio]
+            ci = f" [{low:+.2f}, {high:+.2f}]" if low is not None else ""
+            cells.append(f"{mean:+.2f}{ci} ({n})")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def settings_plot(overview, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = list(overview)
+    width = 0.8 / max(1, len(names))
+    for k, setting in enumerate(names):
+        row = overview[setting]
+        ratios = sorted(row)
+        x = np.array([[0.3, 0.5, 0.7].index(r) for r in ratios], dtype=float) + (k - (len(names) - 1) / 2) * width
+        means = np.array([row[r][0] for r in ratios])
+        low = np.array([row[r][0] - row[r][1] if row[r][1] is not None else 0 for r in ratios])
+        high = np.array([row[r][2] - row[r][0] if row[r][2] is not None else 0 for r in ratios])
+        ax.errorbar(x, means, yerr=[low, high], fmt="o", capsize=3, color=f"C{k % 10}", label=setting)
+    ax.axhline(0, color="k", lw=1)
+    ax.set_xticks(range(3), ["ratio 0.3", "ratio 0.5", "ratio 0.7"])
+    ax.set(ylabel="IF-Beta − random (top-1 points)", title="IF-Beta minus random, paired, 95 % intervals over seeds")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _replace_block(doc: str, start: str, end: str, text: str) -> str:
+    if start not in doc or end not in doc:
+        return doc
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{text}\n{end}{tail}"
+
+
 def report(path):
     path = Path(path)
     rows = load(path)
     profile = rows[0]["profile"] if rows else path.stem
-    summary = summarise(rows)
+    groups, engine_check = split_rows(rows)
+    summaries = {setting: summarise(group) for setting, group in groups.items()}
+    summary = summaries.get(BASE_SETTING, [])
     stem = path.with_suffix("")
     verdicts = verdict(summary)
-    Path(f"{stem}_summary.json").write_text(json.dumps({"cells": summary, "verdict": verdicts}, indent=2))
+    overview = settings_summary(summaries)
+    Path(f"{stem}_summary.json").write_text(json.dumps(
+        {"cells": summary, "verdict": verdicts, "settings": summaries,
+         "if_beta_minus_random": {k: {str(r): v for r, v in row.items()} for k, row in overview.items()}},
+        indent=2,
+    ))
     text = table(summary, profile) + "\n\n" + verdict_table(verdicts)
-    print(text)
+    parts = [settings_table(overview)]
+    if engine_check:
+        parts.append(engine_table(groups.get(BASE_SETTING, []), engine_check))
+    for setting, setting_summary in summaries.items():
+        if setting != BASE_SETTING:
+            first = next((r for r in groups[setting] if r.get("setting_spec")), None)
+            title = f"**{setting}**" + (f" ({_describe(first)}). " if first else ". ")
+            parts.append(table(setting_summary, profile, title=title))
+    settings_text = "\n\n".join(parts)
+    print(text + "\n\n" + settings_text)
     if summary:
         plots(summary, stem)
+    if overview:
+        settings_plot(overview, f"{stem}_settings.png")
     if DOC.exists():
-        doc = DOC.read_text()
-        if START in doc and END in doc:
-            head, rest = doc.split(START, 1)
-            _, tail = rest.split(END, 1)
-            DOC.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        doc = _replace_block(DOC.read_text(), START, END, text)
+        DOC.write_text(_replace_block(doc, SETTINGS_START, SETTINGS_END, settings_text))
     return summary
+
+
+def _describe(row) -> str:
+    spec = row["setting_spec"]
+    noise = f", {100 * spec['label_noise']:.0f} % of the training labels flipped" if spec.get("label_noise") else ""
+    data = Path(spec["train_file"]).parent.name
+    return f"{data}, teacher {spec['teacher']}, student {spec['student']}, {row['epochs']} epochs{noise}"
 
 
 def main(argv=None):

@@ -56,3 +56,34 @@ def test_missing_sweep_names_the_file_and_the_command(tmp_path):
 
 def test_method_cost_keeps_milliseconds_and_whole_seconds():
     assert [report._seconds(x) for x in (0.0052, 4.08, 11.37, 126.4)] == ["0.0052", "4.1", "11", "126"]
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    mean, low, high = report.paired_interval([0.2, 0.6, 0.4])
+    # mean 0.4, sd 0.2, t(0.975, 2) = 4.303: half-width 4.303 * 0.2 / sqrt(3)
+    assert mean == pytest.approx(0.4) and high - mean == pytest.approx(4.3027 * 0.2 / 3 ** 0.5, rel=1e-4)
+    assert low == pytest.approx(2 * mean - high)
+    assert report.paired_interval([0.3]) == (pytest.approx(0.3), None, None)
+
+
+def test_settings_get_their_own_tables_and_the_summary_pairs_seeds():
+    rows = []
+    for seed in (0, 1, 2):
+        for ratio in (0.3, 0.7):
+            rows.append(cell("random", ratio, seed, 80.0 + seed))  # a cell from before settings: CIFAR-10
+            noisy = {"setting": "cifar10-noisy20", "engine": "trainer", "flipped_kept_share": 0.5 - 0.1 * seed}
+            rows.append({**cell("random", ratio, seed, 70.0 + seed), **noisy})
+            rows.append({**cell("if-beta", ratio, seed, 70.5 + seed + 0.1 * seed), **noisy})
+    rows.append({**cell("random", 0.3, 0, 80.4), "engine": "trainer"})  # the trainer's rerun of a committed cell
+    groups, engine_check = report.split_rows(rows)
+    assert set(groups) == {"cifar10", "cifar10-noisy20"} and len(engine_check) == 1
+    overview = report.settings_summary({k: report.summarise(v) for k, v in groups.items()})
+    mean, low, high, pairs = overview["cifar10-noisy20"][0.7]
+    assert mean == pytest.approx(0.6) and pairs == 3 and low < 0.6 < high
+    assert "cifar10" not in overview  # no if-beta cells there
+    text = report.settings_table(overview)
+    assert "| cifar10-noisy20 | +0.60 [" in text and "| – |" in text  # ratio 0.5 missing
+    noisy_table = report.table(report.summarise(groups["cifar10-noisy20"]), "cpu")
+    assert "flipped kept" in noisy_table and "| 40.0 % |" in noisy_table
+    check = report.engine_table(groups["cifar10"], engine_check)
+    assert "| random | 0.3 | 0 | 80.00 | 80.40 | +0.40 | 1.00 (n = 3) |" in check

@@ -130,7 +130,11 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
         model=student,
         teacher_model=teacher,
         args=training_args,
-        train_dataset=prepare_image_dataset(kept, student, image_column, args.label_column, train=True),
+        # The whole split with the kept rows: its decoded images (small inputs) are shared by every subset.
+        train_dataset=prepare_image_dataset(
+            train, student, image_column, args.label_column, train=True,
+            rows=result.indices if result is not None else None,
+        ),
         eval_dataset=prepare_image_dataset(test, student, image_column, args.label_column, train=False),
         compute_metrics=accuracy_metrics,
     )

@@ -69,9 +69,8 @@ class GitSource:
 
     def read(self, path: str) -> bytes:
         if self._cat is None:
-            self._cat = subprocess.Popen(
-                ["git", f"--git-dir={self.git_dir}", "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-            )
+            command = ["git", f"--git-dir={self.git_dir}", "cat-file", "--batch"]
+            self._cat = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._cat.stdin.write(self._blobs[path].encode() + b"\n")
         self._cat.stdin.flush()
         header = self._cat.stdout.readline().split()  # <sha> blob <size>
@@ -255,8 +254,9 @@ def build(mirror: Optional[Path] = None, out_dir: Path = DEFAULT_OUT, force: boo
         t0 = time.perf_counter()
         written = {}
         for split, rows in splits.items():
-            written[split] = write_split(source, rows, wnids, out_dir / f"{split}.parquet", layout["prefix"], SPLIT_SEED)
-            log(f"{split}: {written[split]['rows']} rows, {written[split]['bytes'] / 2**20:.1f} MiB, modes {written[split]['modes']}")
+            out = out_dir / f"{split}.parquet"
+            written[split] = write_split(source, rows, wnids, out, layout["prefix"], SPLIT_SEED)
+            log(f"{split}: {len(rows)} rows, {written[split]['bytes'] / 2**20:.1f} MiB, modes {written[split]['modes']}")
         meta = {
             "format": FORMAT_VERSION,
             "source": source.describe(),

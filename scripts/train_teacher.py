@@ -55,10 +55,14 @@ class TeacherRecipe:
     epochs: int = field(default=30, metadata={"help": "Epochs over the training split."})
     batch_size: int = field(default=128, metadata={"help": "Rows per SGD step."})
     lr: float = field(default=0.1, metadata={"help": "Peak learning rate."})
-    schedule: str = field(default="one-cycle", metadata={"help": "Learning-rate schedule.", "choices": ["one-cycle", "cosine"]})
+    schedule: str = field(
+        default="one-cycle", metadata={"help": "Learning-rate schedule.", "choices": ["one-cycle", "cosine"]}
+    )
     momentum: float = field(default=0.9, metadata={"help": "SGD (nesterov) momentum."})
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay."})
-    precision: str = field(default="bf16", metadata={"help": "Autocast of the forward pass.", "choices": ["bf16", "fp32"]})
+    precision: str = field(
+        default="bf16", metadata={"help": "Autocast of the forward pass.", "choices": ["bf16", "fp32"]}
+    )
     seed: int = field(default=0, metadata={"help": "Initialisation, batch order and augmentation stream."})
 
     def __post_init__(self):
@@ -78,12 +82,16 @@ class RunArguments:
     train_file: str = field(default=str(DATA / "train.parquet"), metadata={"help": "Parquet with `img` and `label`."})
     test_file: str = field(default=str(DATA / "test.parquet"), metadata={"help": "Parquet evaluated every epoch."})
     run_dir: str = field(default=str(DATA / "teacher_run"), metadata={"help": "Resumable state (outside git)."})
-    output_model: str = field(default=str(ROOT / "models" / "tiny_imagenet_resnet56.pt"), metadata={"help": "Final weights."})
+    output_model: str = field(
+        default=str(ROOT / "models" / "tiny_imagenet_resnet56.pt"), metadata={"help": "Final weights."}
+    )
     output_results: str = field(
         default=str(ROOT / "benchmarks" / "results" / "tiny_imagenet_teacher.json"), metadata={"help": "Final record."}
     )
     threads: int = field(default=0, metadata={"help": "Torch threads; 0 picks per epoch from the machine's load."})
-    save_steps: int = field(default=200, metadata={"help": "Also save the state every this many steps (0: per epoch only)."})
+    save_steps: int = field(
+        default=200, metadata={"help": "Also save the state every this many steps (0: per epoch only)."}
+    )
     max_steps: Optional[int] = field(
         default=None, metadata={"help": "Stop after this many steps in this process (a smoke test); the state is saved."}
     )
@@ -106,10 +114,11 @@ def load_uint8(parquet: Path, size: int = IMAGE_SIZE) -> Dict:
     if cache.exists():
         data = np.load(cache)
         if str(data["stamp"]) == stamp:
-            return {"x": data["x"], "y": data["y"], "names": list(data["names"])}
+            return {"x": data["x"], "y": data["y"], "names": [str(name) for name in data["names"]]}
     table = pq.read_table(parquet, columns=["img", "label"])
     label = datasets.Features.from_arrow_schema(table.schema)["label"]
-    names = label.names if isinstance(label, datasets.ClassLabel) else [str(i) for i in range(max(table["label"].to_pylist()) + 1)]
+    y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    names = label.names if isinstance(label, datasets.ClassLabel) else [str(i) for i in range(int(y.max()) + 1)]
     blobs = table.column("img").combine_chunks().field("bytes").to_pylist()
     x = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
     for i, blob in enumerate(blobs):
@@ -118,7 +127,6 @@ def load_uint8(parquet: Path, size: int = IMAGE_SIZE) -> Dict:
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BOX)
             x[i] = np.asarray(im)
-    y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
     tmp = cache.with_name(cache.name + ".tmp.npz")
     np.savez(tmp, x=x, y=y, names=np.asarray(names), stamp=np.asarray(stamp))
     os.replace(tmp, cache)
@@ -151,7 +159,8 @@ def code_version() -> str:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "scripts", "hf_ifbeta") else "")
+    dirty = git("status", "--porcelain", "--", "scripts", "hf_ifbeta")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
 def make_schedule(recipe: TeacherRecipe, opt, total_steps: int):
@@ -181,7 +190,9 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay
     )
     sched = make_schedule(recipe, opt, recipe.epochs * steps_per_epoch)
-    progress = {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "history": [], "train_s": 0.0, "sessions": 0}
+    progress = {
+        "epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "history": [], "train_s": 0.0, "sessions": 0
+    }
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["recipe"] != asdict(recipe) or state["data"] != data_id:
@@ -235,10 +246,11 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
             progress["seen"] += len(rows)
             steps_run += 1
             if progress["step"] % run.log_steps == 0 or steps_run == run.max_steps:
-                seconds = time.perf_counter() - t0
+                speed = (progress["seen"] - seen0) / (time.perf_counter() - t0)
                 log(
-                    f"epoch {epoch + 1} step {progress['step']}/{steps_per_epoch} loss {progress['loss_sum'] / progress['seen']:.4f} "
-                    f"{(progress['seen'] - seen0) / seconds:.0f} images/s ({threads} threads, load {os.getloadavg()[0]:.2f})"
+                    f"epoch {epoch + 1} step {progress['step']}/{steps_per_epoch} "
+                    f"loss {progress['loss_sum'] / progress['seen']:.4f} {speed:.0f} images/s "
+                    f"({threads} threads, load {os.getloadavg()[0]:.2f})"
                 )
             if run.max_steps is not None and steps_run >= run.max_steps:
                 progress["train_s"] += time.perf_counter() - t0
@@ -280,7 +292,7 @@ def finish(recipe, run, model, progress, train_data, test_data, log) -> Dict:
     train_fp32 = kd_sweep.evaluate(model, head, "fp32")
     out_model = Path(run.output_model)
     out_model.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"state_dict": {k: v.detach().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}}, out_model)
+    save_atomic({"state_dict": model.state_dict()}, out_model)  # float32: autocast leaves the weights as they are
     size = out_model.stat().st_size
     if size >= 4 * 2**20:
         log(f"warning: {out_model} is {size / 2**20:.1f} MiB, too large to commit")
@@ -300,7 +312,8 @@ def finish(recipe, run, model, progress, train_data, test_data, log) -> Dict:
             **asdict(recipe),
             "optimizer": "SGD nesterov",
             "loss": "cross-entropy",
-            "input": f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB (2x2 box average of 64x64), normalised with the CIFAR ResNets' mean/std",
+            "input": f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB (box-filtered down when larger), normalised with the CIFAR "
+            "ResNets' mean and std",
             "augmentation": "pad-4 zero padding, random 32x32 crop, horizontal flip",
         },
         "test_top1_fp32": test_fp32,
@@ -318,7 +331,7 @@ def finish(recipe, run, model, progress, train_data, test_data, log) -> Dict:
     tmp = out_results.with_name(out_results.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, out_results)
-    log(f"test top-1 {test_fp32:.2f} (float32), train {train_fp32:.2f}; {out_model} ({size / 2**20:.2f} MiB), {out_results}")
+    log(f"test top-1 {test_fp32:.2f} (float32), train {train_fp32:.2f}; {out_model} ({size / 2**20:.2f} MiB)")
     return record
 
 

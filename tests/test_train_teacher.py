@@ -13,7 +13,9 @@ from PIL import Image
 
 from hf_ifbeta.models import load_model
 
-spec = importlib.util.spec_from_file_location("train_teacher", Path(__file__).resolve().parents[1] / "scripts" / "train_teacher.py")
+spec = importlib.util.spec_from_file_location(
+    "train_teacher", Path(__file__).resolve().parents[1] / "scripts" / "train_teacher.py"
+)
 train_teacher = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_teacher)
 
@@ -21,7 +23,7 @@ NAMES = ["n01", "n02", "n03"]
 
 
 def write_parquet(path: Path, n: int, seed: int):
-    """`n` 64x64 JPEGs (every fourth greyscale) whose colour depends on the label, as build_tiny_imagenet writes them."""
+    """`n` 64x64 JPEGs (every fourth greyscale) coloured by label, in build_tiny_imagenet's columns."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, len(NAMES), n).tolist()
     images = []

@@ -66,3 +66,15 @@ def test_checkpoints_reproduce_published_accuracy(shared_dir, cifar_test, depth,
         for batch in loader:
             correct += (model(batch["pixel_values"]).argmax(-1) == batch["labels"]).sum().item()
     assert abs(100.0 * correct / len(ds) - published) <= 0.05
+
+
+def test_load_model_keeps_the_classifier_of_a_checkpoint_with_other_classes(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("cifar10_resnet20", num_classes=7)
+    path = tmp_path / "seven.pt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    for kwargs in ({}, {"num_classes": 7}):
+        model = load_model("cifar10_resnet20", checkpoint=str(path), **kwargs)
+        assert model.num_classes == 7 and torch.equal(model.linear.weight, source.linear.weight)
+    features = load_model("cifar10_resnet20", checkpoint=str(path), num_classes=0)
+    assert features.num_classes == 0 and torch.equal(features.conv1.weight, source.conv1.weight)

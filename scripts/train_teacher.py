@@ -3,10 +3,10 @@
 Recipe: ResNet-56 (option-A shortcuts, `timm.create_model("cifar10_resnet56", num_classes=C)`) on 32x32
 inputs, SGD (momentum 0.9, nesterov, weight decay 5e-4), one-cycle lr peaking at 0.1 (or cosine), batch
 128, pad-4 random crop + horizontal flip, cross-entropy, bfloat16 autocast on the CPU. The images
-(64x64 in Tiny-ImageNet) are decoded once, averaged down to 32x32 (2x2 box filter) and cached as uint8:
+(64x64 in Tiny-ImageNet) are decoded once, resized to 32x32 and cached as uint8 (`decoded_images`):
 at 32x32 a step costs a quarter of the 64x64 one on a 2-core CPU, and the student of the benchmark is
 then the same CIFAR ResNet-20 as on CIFAR-10. The augmentation of row i at epoch e and the batch order
-are functions of (seed, e, i), as in benchmarks/kd_sweep.py, whose code this reuses.
+are functions of (seed, e, i) (`PadCropFlip.params`), as for the students.
 
 The state (model, optimiser, schedule, history) is saved in `--run_dir` at the end of every epoch and
 every `--save_steps` steps, atomically; rerunning the same command resumes where the last save left off
@@ -21,7 +21,6 @@ accuracy per epoch, wall time and machine.
 """
 
 import argparse
-import io
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import kd_sweep  # noqa: E402  (benchmarks/kd_sweep.py: augmentation, evaluation, thread choice; registers the models)
+import kd_sweep  # noqa: E402  (benchmarks/kd_sweep.py: the thread choice; registers the models)
 
 DATA = ROOT / "benchmarks" / "cache" / "tiny_imagenet"
 # The augmentation and the models' strides are those of 32x32 CIFAR images.
@@ -99,38 +98,49 @@ class RunArguments:
 
 
 # ----------------------------------------------------------------------------- data
-def load_uint8(parquet: Path, size: int = IMAGE_SIZE) -> Dict:
-    """{"x": (n, size, size, 3) uint8, "y": (n,) int64, "names": class names}, decoded once and cached beside
-    `parquet` (the cache is redone when the parquet file changes size or row count)."""
+def load_split(parquet: Path, size: int = IMAGE_SIZE) -> Dict:
+    """{"x": (n, 3, size, size) uint8, "y": (n,) int64, "names": class names} of a parquet split.
+
+    The pixels are `hf_ifbeta.data.decoded_images`: decoded once and cached, resized the way the product
+    feeds a 32 px student, so the teacher learns on the views its students and its teacher pass see.
+    """
     import datasets
-    import pyarrow.parquet as pq
-    from PIL import Image
+
+    from hf_ifbeta.data import column_values, decoded_images
 
     if not parquet.is_file():
         raise FileNotFoundError(f"{parquet} does not exist: build it first (scripts/build_tiny_imagenet.py).")
-    meta = pq.read_metadata(parquet)
-    stamp = f"{parquet.stat().st_size}:{meta.num_rows}"
-    cache = parquet.with_name(f"{parquet.stem}_uint8_{size}.npz")
-    if cache.exists():
-        data = np.load(cache)
-        if str(data["stamp"]) == stamp:
-            return {"x": data["x"], "y": data["y"], "names": [str(name) for name in data["names"]]}
-    table = pq.read_table(parquet, columns=["img", "label"])
-    label = datasets.Features.from_arrow_schema(table.schema)["label"]
-    y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    ds = datasets.load_dataset("parquet", data_files={"split": str(parquet)})["split"]
+    y = column_values(ds, "label").astype(np.int64)
+    label = ds.features["label"]
     names = label.names if isinstance(label, datasets.ClassLabel) else [str(i) for i in range(int(y.max()) + 1)]
-    blobs = table.column("img").combine_chunks().field("bytes").to_pylist()
-    x = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
-    for i, blob in enumerate(blobs):
-        with Image.open(io.BytesIO(blob)) as im:
-            im = im.convert("RGB")  # a few Tiny-ImageNet images are greyscale
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BOX)
-            x[i] = np.asarray(im)
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, x=x, y=y, names=np.asarray(names), stamp=np.asarray(stamp))
-    os.replace(tmp, cache)
-    return {"x": x, "y": y, "names": list(names)}
+    return {"x": decoded_images(ds, "img", size), "y": y, "names": list(names)}
+
+
+def transforms(model):
+    """(training augmentation, evaluation transform) of the model: pad-4 crop + flip, and normalisation only."""
+    from hf_ifbeta.data import PadCropFlip, model_data_config
+
+    cfg = model_data_config(model)
+    return (
+        PadCropFlip(IMAGE_SIZE, cfg["mean"], cfg["std"], padding=4),
+        PadCropFlip(IMAGE_SIZE, cfg["mean"], cfg["std"], padding=0, flip=False),
+    )
+
+
+@torch.no_grad()
+def evaluate(model, data: Dict, precision: str = "bf16", batch_size: int = 1000) -> float:
+    """Test top-1 (%) of `model` on `data` (from `load_split`)."""
+    _, plain = transforms(model)
+    model.eval()
+    correct, n = 0, len(data["y"])
+    zeros = np.zeros((batch_size, 2), dtype=np.int64)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for start in range(0, n, batch_size):
+            x = torch.from_numpy(np.asarray(data["x"][start : start + batch_size]))
+            logits = model(plain.apply(x, zeros[: len(x)], zeros[: len(x), 0]))
+            correct += (logits.argmax(-1).numpy() == data["y"][start : start + batch_size]).sum()
+    return 100.0 * float(correct) / n
 
 
 # ----------------------------------------------------------------------------- state
@@ -174,7 +184,7 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
     """Train (or resume) to `recipe.epochs`; returns the final record, or None when `max_steps` stopped it first."""
     import timm
 
-    train_data, test_data = load_uint8(Path(run.train_file)), load_uint8(Path(run.test_file))
+    train_data, test_data = load_split(Path(run.train_file)), load_split(Path(run.test_file))
     num_classes = len(train_data["names"])
     n = len(train_data["y"])
     steps_per_epoch = math.ceil(n / recipe.batch_size)
@@ -217,7 +227,7 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
             state_path,
         )
 
-    x_u8, y = torch.from_numpy(train_data["x"]), torch.from_numpy(train_data["y"])
+    augment, _ = transforms(model)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     steps_run = 0
     log(f"{n} rows, {num_classes} classes, {steps_per_epoch} steps per epoch, {recipe.epochs} epochs")
@@ -225,14 +235,15 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
         epoch = progress["epoch"]
         threads = run.threads or kd_sweep.pick_threads()
         torch.set_num_threads(threads)
-        params = kd_sweep.augment_params(recipe.seed, epoch, n)
+        offsets, flips = augment.params(recipe.seed, epoch, n)
         order = np.random.default_rng([recipe.seed, epoch, 11]).permutation(n)
         model.train()
         t0, seen0 = time.perf_counter(), progress["seen"]
         while progress["step"] < steps_per_epoch:
             rows = order[progress["step"] * recipe.batch_size : (progress["step"] + 1) * recipe.batch_size]
-            images = kd_sweep.augmented_batch(x_u8, rows, params)  # (B, 3, 32, 32)
-            labels = y[torch.from_numpy(rows)]
+            rows = np.sort(rows)  # sorted reads of the memory-mapped images; a batch's gradient is order-free
+            images = augment.apply(torch.from_numpy(train_data["x"][rows]), offsets[rows], flips[rows])  # (B, 3, 32, 32)
+            labels = torch.from_numpy(train_data["y"][rows])
             with autocast:
                 logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)
@@ -263,7 +274,7 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
                 save()
         seconds = time.perf_counter() - t0
         progress["train_s"] += seconds
-        top1 = kd_sweep.evaluate(model, test_data, recipe.precision)
+        top1 = evaluate(model, test_data, recipe.precision)
         progress["history"].append({
             "epoch": epoch + 1,
             "train_loss": progress["loss_sum"] / progress["seen"],
@@ -285,11 +296,11 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
 def finish(recipe, run, model, progress, train_data, test_data, log) -> Dict:
     """Final float32 accuracies, the weights in the shared checkpoint format, and the JSON record."""
     model.eval()
-    test_fp32 = kd_sweep.evaluate(model, test_data, "fp32")
+    test_fp32 = evaluate(model, test_data, "fp32")
     # As many training rows as test rows (the rows are in a fixed random order): the whole split in float32
     # would cost a tenth of the training on a small CPU.
     head = {key: train_data[key][: len(test_data["y"])] for key in ("x", "y")}
-    train_fp32 = kd_sweep.evaluate(model, head, "fp32")
+    train_fp32 = evaluate(model, head, "fp32")
     out_model = Path(run.output_model)
     out_model.parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"state_dict": model.state_dict()}, out_model)  # float32: autocast leaves the weights as they are
@@ -312,7 +323,7 @@ def finish(recipe, run, model, progress, train_data, test_data, log) -> Dict:
             **asdict(recipe),
             "optimizer": "SGD nesterov",
             "loss": "cross-entropy",
-            "input": f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB (box-filtered down when larger), normalised with the CIFAR "
+            "input": f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB (resized, antialiased, when larger), normalised with the CIFAR "
             "ResNets' mean and std",
             "augmentation": "pad-4 zero padding, random 32x32 crop, horizontal flip",
         },

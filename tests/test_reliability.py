@@ -37,6 +37,7 @@ from hf_ifbeta.hub import load_pruning_result, save_pruning_result_for_hub
 from factories import tiny_image_dataset
 
 SCRIPTS = Path(__file__).parent / "scripts"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(name):
@@ -94,9 +95,14 @@ def entry(root) -> Path:
     return sub
 
 
-def run_logged(path, stderr_path, *args, **kwargs):
+def run_logged(args, stderr_path, **env):
+    """A subprocess importing this checkout's hf_ifbeta (not another install), stderr to a file."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     with open(stderr_path, "w") as stderr:
-        return subprocess.Popen([sys.executable, str(path), *args], stdout=subprocess.DEVNULL, stderr=stderr, **kwargs)
+        return subprocess.Popen(
+            [sys.executable, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**os.environ, "PYTHONPATH": path, **env},
+        )  # fmt: skip
 
 
 def wait_for(condition, timeout, what):
@@ -112,12 +118,12 @@ def wait_for(condition, timeout, what):
 
 @pytest.mark.slow
 def test_two_jobs_racing_on_the_default_cache_both_succeed_with_equal_indices(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home")}  # the default cache: $HF_HOME/hf_ifbeta
     go = tmp_path / "go"
     jobs = []
     for name in ("a", "b"):
-        args = ["--ready", str(tmp_path / f"{name}.ready"), "--go", str(go), "--out", str(tmp_path / f"{name}.json")]
-        jobs.append(run_logged(SCRIPTS / "prune_race.py", tmp_path / f"{name}.err", *args, env=env))
+        args = [SCRIPTS / "prune_race.py", "--ready", tmp_path / f"{name}.ready", "--go", go, "--out", tmp_path / f"{name}.json"]
+        # The default cache, $HF_HOME/hf_ifbeta, shared by both jobs.
+        jobs.append(run_logged(args, tmp_path / f"{name}.err", HF_HOME=str(tmp_path / "hf_home")))
     wait_for(lambda: all((tmp_path / f"{n}.ready").exists() for n in "ab"), 300, "both jobs to load")
     go.touch()  # both start the teacher pass now
     codes = [job.wait(timeout=300) for job in jobs]
@@ -144,11 +150,10 @@ def test_a_two_rank_job_waits_for_another_jobs_lock_then_reuses_its_entry(ds, tm
     other_job = FileLock(str(cache_dir / f"{key}.lock"))
     other_job.acquire()
     cmd = [
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPTS / "teacher_pass_2proc.py"),
-        "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out"), "--chunk-size", "10", "--batch-size", "5",
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPTS / "teacher_pass_2proc.py",
+        "--cache-dir", cache_dir, "--out", tmp_path / "out", "--chunk-size", "10", "--batch-size", "5",
     ]  # fmt: skip
-    with open(tmp_path / "job.err", "w") as stderr:
-        job = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=stderr)
+    job = run_logged(cmd, tmp_path / "job.err")
     try:
         wait_for(lambda: "waiting for its lock" in (tmp_path / "job.err").read_text(), 300, "the job to wait")
         time.sleep(features_mod.LOCK_POLL_S + 1)  # the ranks meet at least once more while waiting

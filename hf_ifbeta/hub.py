@@ -217,6 +217,10 @@ def load_pruned_dataset(
             parquet). By default the source named in the card is loaded at its recorded revision.
         revision (`str`, *optional*): revision of the subset repo.
         token (`str`, *optional*): Hub token.
+
+    Raises:
+        FileNotFoundError: `repo_id_or_path` is no existing folder and no valid Hub repo id (both are said).
+        ValueError: `dataset` holds other rows than the scored split (another length, a shuffle, another split).
     """
     path = _local_or_download(repo_id_or_path, "dataset", revision, token)
     if not (path / RESULT_FILE).exists():

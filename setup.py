@@ -14,6 +14,7 @@ setup(
         "torchvision>=0.19",
         "transformers>=5.0,<6",
         "datasets>=3.0",
+        "filelock>=3.10",
         "accelerate>=1.0",
         "timm>=1.0.15",
         "numpy>=1.24",

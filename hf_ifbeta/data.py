@@ -7,8 +7,9 @@ normalisations each get their own.
 
 import functools
 import io
+import os
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import datasets
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "ImageBatchTransform",
     "PadCropFlip",
     "check_columns",
+    "check_dataset",
     "decode_image",
     "decode_image_tensor",
     "decoded_images",
@@ -182,14 +184,32 @@ def column_values(dataset: datasets.Dataset, column: str):
     return np.asarray(dataset.select_columns([column]).with_format("numpy")[:][column])
 
 
+def check_dataset(dataset: Any) -> None:
+    """Raise unless `dataset` is one map-style split (`datasets.Dataset`); a `DatasetDict` gets its splits named."""
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        splits = list(dataset)
+        pick = "train" if "train" in splits else splits[0] if splits else "<split>"
+        raise ValueError(
+            f"Got a {type(dataset).__name__} with splits {splits}: pass one split, the training rows, "
+            f"e.g. dataset[{pick!r}] (never the split you evaluate on)."
+        )
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(
+            f"Expected a map-style `datasets.Dataset`, got {type(dataset).__name__}"
+            + (": load it without streaming=True." if isinstance(dataset, datasets.IterableDataset) else ".")
+        )
+
+
 def check_columns(
     dataset: datasets.Dataset, image_column: Optional[str], label_column: str, num_classes: Optional[int] = None
 ) -> str:
     """Validate the dataset before any work starts; returns the resolved image column.
 
-    Raises a `ValueError` naming the problem: an empty dataset, a missing column, or (when
-    `num_classes` is given) a label outside `[0, num_classes)` with the first offending row.
+    Raises a `ValueError` naming the problem: a `DatasetDict` (see `check_dataset`), an empty dataset, a
+    missing column, a label column of strings, or (when `num_classes` is given) a label outside
+    `[0, num_classes)` with the first offending row.
     """
+    check_dataset(dataset)
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: there is nothing to score or prune.")
     image_column = find_image_column(dataset, image_column)
@@ -197,6 +217,15 @@ def check_columns(
         raise ValueError(
             f"Label column {label_column!r} is not in the dataset; its columns are {dataset.column_names}. "
             "Pass label_column=..."
+        )
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        # A ClassLabel column is stored as class ids, so strings carry no class order: the user must give it.
+        first = dataset.select_columns([label_column]).with_format(None)[0][label_column]
+        raise ValueError(
+            f"Label column {label_column!r} holds strings (row 0: {first!r}), not class ids. "
+            f"Encode it first: dataset.class_encode_column({label_column!r}) numbers the classes in sorted "
+            f"order; dataset.cast_column({label_column!r}, datasets.ClassLabel(names=[...])) in the teacher's order."
         )
     if num_classes is not None:
         labels = torch.as_tensor(column_values(dataset, label_column))
@@ -211,10 +240,11 @@ def check_columns(
 
 
 def decode_image(value: Any, row: int, column: str) -> Image.Image:
-    """Decode one cell of an image column (a PIL image, or `{"bytes", "path"}`) to RGB.
+    """Decode one cell of an image column (a PIL image, `{"bytes", "path"}`, or a local file path) to RGB.
 
     Raises `CorruptImageError` naming `row` and `column` when the image cannot be read.
     """
+    value = _as_image_dict(value)
     try:
         if isinstance(value, Image.Image):
             image = value
@@ -239,6 +269,7 @@ def decode_image_tensor(value: Any, row: int, column: str) -> torch.Tensor:
     """
     from torchvision.transforms.functional import pil_to_tensor
 
+    value = _as_image_dict(value)
     data = None
     if isinstance(value, dict) and value.get("bytes") is not None:
         data = value["bytes"]
@@ -261,6 +292,13 @@ def decode_image_tensor(value: Any, row: int, column: str) -> torch.Tensor:
                 pass  # e.g. BMP, TIFF: let PIL try
         value = {"bytes": data, "path": None}
     return pil_to_tensor(decode_image(value, row, column))
+
+
+def _as_image_dict(value: Any) -> Any:
+    """A file path (a column of strings) as `datasets.Image` encodes it: `{"bytes": None, "path": path}`."""
+    if isinstance(value, (str, os.PathLike)):
+        return {"bytes": None, "path": os.fspath(value)}
+    return value
 
 
 @functools.lru_cache(maxsize=None)
@@ -536,8 +574,17 @@ class DecodedImageDataset(torch.utils.data.Dataset):
             "seed": self.seed or 0,
         }
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        return self.__getitems__([index])[0]
+    def __getitem__(self, index: Union[int, slice, Sequence[int]]) -> Dict[str, Any]:
+        """One row; or, for a slice or a list of positions, their columns (`pixel_values` one (B, 3, S, S)
+        tensor), as a `datasets.Dataset` with a transform answers."""
+        if isinstance(index, (int, np.integer)):
+            return self.__getitems__([int(index)])[0]
+        positions = range(len(self))[index] if isinstance(index, slice) else index
+        rows = self.__getitems__(list(positions))
+        batch = {key: [row[key] for row in rows] for key in (rows[0] if rows else {})}
+        if rows:
+            batch["pixel_values"] = torch.stack(batch["pixel_values"])
+        return batch
 
     def __getitems__(self, indices: Sequence[int]) -> List[Dict[str, Any]]:
         epoch = int(self._epoch)

@@ -19,26 +19,34 @@ rerun with different arguments lands in another folder and never mixes):
 - `chunk_00000.npz`, ...: rows `[k * chunk_size, (k + 1) * chunk_size)`, each written atomically as
   it finishes and removed once assembled;
 - `features.npy` (n, d), `logits.npy` (n, C) float32, `labels.npy` (n,) int64, `head.npz`: the
-  assembled arrays, the same layout as `TeacherOutputs.save`.
+  assembled arrays, the same layout as `TeacherOutputs.save`; `meta.json` records the size, sha256
+  and modification time of each (`"files"`).
+
+Beside the folder, `cache_dir/<key>.lock` is held while an entry is filled or repaired, so jobs that
+share a cache take turns and a waiting job reuses what the other computed (see "Failure modes" in
+docs/concepts.md for what the cache guarantees).
 """
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import datasets
 import numpy as np
 import torch
 import torch.nn as nn
+from filelock import FileLock, Timeout
 
-from .data import check_columns, column_values, decode_image, eval_transform
+from .data import check_columns, check_dataset, column_values, decode_image, eval_transform
 
-__all__ = ["TeacherOutputs", "compute_teacher_outputs", "default_cache_dir"]
+__all__ = ["CorruptCacheError", "TeacherOutputs", "compute_teacher_outputs", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,12 @@ CACHE_VERSION = 1
 META_FILE = "meta.json"
 HEAD_FILE = "head.npz"
 ARRAYS = ("features", "logits", "labels")  # each saved as <name>.npy
+# A job waiting for another one's lock tries again this often; its ranks meet at every try.
+LOCK_POLL_S = 5.0
+
+
+class CorruptCacheError(RuntimeError):
+    """A cached file that is missing, truncated or changed since it was written; the message names it."""
 
 
 @dataclass
@@ -102,19 +116,35 @@ class TeacherOutputs:
             _atomic_write(save_directory / HEAD_FILE, lambda f: np.savez(f, weight=weight, bias=bias))
         meta = {k: v for k, v in self.meta.items() if k != "cache_path"}  # set again by `load`
         meta["complete"] = True
+        meta["files"] = _file_records(save_directory, _array_files(save_directory))
         _atomic_write(save_directory / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     @classmethod
     def load(cls, save_directory: Union[str, os.PathLike], mmap_mode: Optional[str] = "r") -> "TeacherOutputs":
-        """Load what `save` wrote; arrays are memory-mapped read-only unless `mmap_mode=None`."""
+        """Load what `save` wrote; arrays are memory-mapped read-only unless `mmap_mode=None`.
+
+        Every file is first checked against the size recorded when it was written, and against its
+        sha256 when its size or modification time changed since (see `_check_files`).
+
+        Raises:
+            CorruptCacheError: a file is missing, truncated or changed; the message names it and says how to clear it.
+        """
         save_directory = Path(save_directory)
         meta = json.loads((save_directory / META_FILE).read_text())
         meta["cache_path"] = str(save_directory.resolve())
-        arrays = {name: np.load(save_directory / f"{name}.npy", mmap_mode=mmap_mode) for name in ARRAYS}
-        head = None
-        if (save_directory / HEAD_FILE).exists():
-            with np.load(save_directory / HEAD_FILE) as npz:
-                head = (npz["weight"], npz["bias"])
+        try:
+            _check_files(save_directory, meta)
+            arrays = {name: _load_array(save_directory / f"{name}.npy", mmap_mode) for name in ARRAYS}
+            head = None
+            if (save_directory / HEAD_FILE).exists():
+                with np.load(save_directory / HEAD_FILE) as npz:
+                    head = (npz["weight"], npz["bias"])
+        except CorruptCacheError as err:
+            raise CorruptCacheError(
+                f"{err} Delete the folder {save_directory} to clear it: compute_teacher_outputs (and "
+                "DatasetPruner.score) then compute it again."
+            ) from err
+        meta.pop("files", None)  # records of this folder's files, not of the outputs (`save` writes new ones)
         return cls(**arrays, head=head, meta=meta)
 
 
@@ -148,7 +178,10 @@ def compute_teacher_outputs(
     a plain `nn.Module` only gives logits, which then serve as features (`meta["features"] == "logits"`).
 
     The result is cached under `cache_dir/<key>/` chunk by chunk: an interrupted pass resumes from the
-    finished chunks, and a complete cache is loaded without running the teacher.
+    finished chunks, and a complete cache is loaded without running the teacher. Jobs sharing a cache
+    take turns on an entry (a file lock beside it): a job that finds another one filling it waits, then
+    loads the result. A cached file found damaged (missing, another size, or another sha256 than when
+    it was written) is named in a warning and computed again.
 
     Args:
         teacher (`nn.Module`): the teacher; moved to `accelerator.device` when an accelerator is given,
@@ -178,11 +211,10 @@ def compute_teacher_outputs(
         ValueError: bad arguments, missing columns, a label outside the teacher's classes, or a non-finite
             feature or logit (naming the first bad row).
         hf_ifbeta.data.CorruptImageError: an image that cannot be decoded (naming its row).
+        CorruptCacheError: a chunk of this pass was damaged on disk before it was assembled (named and
+            removed: running again computes it).
     """
-    if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(
-            f"compute_teacher_outputs needs a map-style `datasets.Dataset`, got {type(dataset).__name__}."
-        )
+    check_dataset(dataset)
     if features_dtype not in FEATURES_DTYPES:
         raise ValueError(f"Unknown features_dtype {features_dtype!r}. Choose between {list(FEATURES_DTYPES)}.")
     if precision not in PRECISIONS:
@@ -214,35 +246,43 @@ def compute_teacher_outputs(
         key = broadcast_object_list([key])[0]
     cache = Path(cache_dir if cache_dir is not None else default_cache_dir()) / key
 
-    if _is_complete(cache):
+    # The main process decides for the whole job, so that its ranks never take different paths.
+    if _from_main(is_main and _is_intact(cache), accelerator):
         logger.info("Teacher outputs loaded from the cache at %s.", cache)
         return TeacherOutputs.load(cache)
 
-    if is_main:
-        _start_cache(cache, key, identity, teacher, chunk_size, batch_size, num_workers, num_processes)
-    _wait(accelerator)
-    meta = json.loads((cache / META_FILE).read_text())
-    chunk_size = meta["chunk_size"]  # an unfinished cache keeps the chunk size it was started with
+    with _entry_lock(cache, accelerator):
+        # While this job waited, another one may have filled the entry.
+        if _from_main(is_main and _reuse_or_reset(cache), accelerator):
+            logger.info("Teacher outputs loaded from the cache at %s.", cache)
+            return TeacherOutputs.load(cache)
 
-    num_chunks = math.ceil(len(dataset) / chunk_size)
-    missing = [k for k in range(num_chunks) if not (cache / _chunk_name(k)).exists()]
-    todo = [k for k in missing if k % num_processes == process_index]  # chunk k belongs to process k % world
-    if is_main:
-        logger.info(
-            "Teacher pass over %d rows: %d of %d chunks to compute, cache at %s.",
-            len(dataset), len(missing), num_chunks, cache,
-        )
-    if todo:
-        _run_chunks(
-            teacher, dataset, image_column, label_column, transform, todo, chunk_size, cache,
-            batch_size=batch_size, num_workers=num_workers, features_dtype=features_dtype, device=device,
-            bf16=precision == "bf16", progress=progress and is_main,
-        )
-    _wait(accelerator)
-    if is_main:
-        _assemble(cache, meta, num_chunks, len(dataset), features_dtype, teacher)
-    _wait(accelerator)
-    return TeacherOutputs.load(cache)
+        if is_main:
+            _start_cache(cache, key, identity, teacher, chunk_size, batch_size, num_workers, num_processes)
+            _drop_unusable_files(cache, len(dataset))
+        _wait(accelerator)
+        meta = json.loads((cache / META_FILE).read_text())
+        chunk_size = meta["chunk_size"]  # an unfinished cache keeps the chunk size it was started with
+
+        num_chunks = math.ceil(len(dataset) / chunk_size)
+        missing = [k for k in range(num_chunks) if not (cache / _chunk_name(k)).exists()]
+        todo = [k for k in missing if k % num_processes == process_index]  # chunk k belongs to process k % world
+        if is_main:
+            logger.info(
+                "Teacher pass over %d rows: %d of %d chunks to compute, cache at %s.",
+                len(dataset), len(missing), num_chunks, cache,
+            )
+        if todo:
+            _run_chunks(
+                teacher, dataset, image_column, label_column, transform, todo, chunk_size, cache,
+                batch_size=batch_size, num_workers=num_workers, features_dtype=features_dtype, device=device,
+                bf16=precision == "bf16", progress=progress and is_main,
+            )
+        _wait(accelerator)
+        if is_main:
+            _assemble(cache, meta, num_chunks, len(dataset), features_dtype, teacher)
+        _wait(accelerator)
+        return TeacherOutputs.load(cache)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -566,14 +606,19 @@ def _assemble(
         for name, (shape, dtype) in targets.items()
     }
     chunk_size = meta["chunk_size"]
-    for k in range(num_chunks):
-        start, stop = _chunk_rows(k, chunk_size, n)
-        with np.load(cache / _chunk_name(k)) as chunk:
+    try:
+        for k in range(num_chunks):
+            start, stop = _chunk_rows(k, chunk_size, n)
+            chunk = _read_chunk(cache / _chunk_name(k), targets)
             if chunk["rows"].tolist() != [start, stop]:
                 rows = chunk["rows"].tolist()
                 raise RuntimeError(f"Chunk {k} in {cache} holds rows {rows}, expected [{start}, {stop}].")
             for name in targets:
                 out[name][start:stop] = chunk[name]
+    except BaseException:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        raise
     for name in targets:
         out[name].flush()
         del out[name]
@@ -582,6 +627,7 @@ def _assemble(
     if head is not None:
         _atomic_write(cache / HEAD_FILE, lambda f: np.savez(f, weight=head[0], bias=head[1]))
     meta = {**meta, "complete": True, "num_features": d, "num_classes": c, "has_head": head is not None}
+    meta["files"] = _file_records(cache, _array_files(cache))
     _atomic_write(cache / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     for k in range(num_chunks):  # the assembled arrays replace the chunks (no double disk use)
         (cache / _chunk_name(k)).unlink()
@@ -604,11 +650,208 @@ def _chunk_name(k: int) -> str:
 
 
 def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through `write(file)` to a temporary file, then rename it over `path` (readers never see half a file)."""
+    """Write through `write(file)` to a temporary file, then rename it over `path` (readers never see half a file).
+
+    A write that fails (a full disk) removes its temporary file: it leaves nothing behind, under any name.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------
+# Concurrent jobs and damaged files
+
+
+def _from_main(value: Any, accelerator: Optional[Any]) -> Any:
+    """`value` as the main process has it, on every process of the job."""
+    if getattr(accelerator, "num_processes", 1) <= 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+@contextlib.contextmanager
+def _entry_lock(cache: Path, accelerator: Optional[Any]) -> Iterator[None]:
+    """Hold `<cache>.lock` while this job fills or repairs the entry, so that jobs sharing a cache take turns.
+
+    One lock per job, not per rank: the main process holds it and the job's other ranks, which share its
+    chunks, never touch it. While another job holds it, the main process tries again every `LOCK_POLL_S`
+    seconds and the other ranks meet it at every try, so that no collective idles past the process
+    group's timeout however long the other job takes.
+    """
+    is_main = getattr(accelerator, "process_index", 0) == 0
+    lock = None
+    if is_main:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache.with_name(cache.name + ".lock")))
+    waiting = False
+    while True:
+        acquired = False
+        if lock is not None:
+            try:
+                lock.acquire(timeout=LOCK_POLL_S if waiting else 0)
+                acquired = True
+            except Timeout:
+                if not waiting:
+                    logger.warning(
+                        "Another job is writing the teacher outputs at %s: waiting for its lock %s, then "
+                        "reusing what it computed.", cache, lock.lock_file,
+                    )  # fmt: skip
+        waiting = True
+        if _from_main(acquired, accelerator):
+            break
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _is_intact(cache: Path) -> bool:
+    """A complete entry whose files have their recorded sizes and modification times (nothing is read)."""
+    try:
+        meta = json.loads((cache / META_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    if not meta.get("complete"):
+        return False
+    try:
+        return not _check_files(cache, meta, hash_changed=False)
+    except CorruptCacheError:
+        return False  # repaired under the lock, with a warning
+
+
+def _reuse_or_reset(cache: Path) -> bool:
+    """Under the lock: whether the entry is complete and intact.
+
+    A file whose size or modification time changed is hashed; when it still matches, its new stats are
+    recorded so that later loads skip that read. A damaged entry is marked incomplete, with a warning
+    naming the file, and is then computed again.
+    """
+    if not _is_complete(cache):
+        return False
+    meta = json.loads((cache / META_FILE).read_text())
+    try:
+        refreshed = _check_files(cache, meta)
+        for name in ARRAYS:  # files without a record (older caches): at least their header and length
+            _load_array(cache / f"{name}.npy", "r")
+    except CorruptCacheError as err:
+        logger.warning("%s The teacher outputs in %s are computed again.", err, cache)
+        meta = {k: v for k, v in meta.items() if k != "files"}
+        _atomic_write(cache / META_FILE, lambda f: f.write(json.dumps({**meta, "complete": False}, indent=2).encode()))
+        return False
+    if refreshed:
+        refreshed = {name: record or _file_record(cache / name) for name, record in refreshed.items()}
+        meta["files"] = {**meta.get("files", {}), **refreshed}
+        _atomic_write(cache / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    return True
+
+
+def _drop_unusable_files(cache: Path, n: int) -> None:
+    """Under the lock, before a pass: remove what a rerun must not trust, naming each chunk removed.
+
+    Temporary files are writes that never finished (a killed process). A chunk is kept only if its zip
+    directory reads (a truncated file has none) and it holds its own rows; the CRC-32 of each array is
+    checked later, as `_assemble` reads it.
+    """
+    for path in cache.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    chunk_size = json.loads((cache / META_FILE).read_text())["chunk_size"]
+    for path in sorted(cache.glob("chunk_*.npz")):
+        expected = list(_chunk_rows(int(path.stem.split("_")[1]), chunk_size, n))
+        try:
+            with np.load(path) as chunk:
+                if not {*ARRAYS, "rows"} <= set(chunk.files):
+                    problem = f"it holds only {sorted(chunk.files)}"
+                elif chunk["rows"].tolist() != expected:
+                    problem = f"it holds rows {chunk['rows'].tolist()}, expected {expected}"
+                else:
+                    continue
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+            problem = str(err)
+        logger.warning("Chunk file %s is damaged (%s): removed, it is computed again.", path, problem)
+        path.unlink()
+
+
+def _read_chunk(path: Path, names) -> Dict[str, np.ndarray]:
+    """The arrays `names` and `rows` of a chunk file, read whole: zip checks each one's CRC-32, recorded
+    when the chunk was written, as it reads it. A damaged chunk is removed so that a rerun computes it."""
+    try:
+        with np.load(path) as chunk:
+            return {name: chunk[name] for name in (*names, "rows")}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        path.unlink(missing_ok=True)
+        raise CorruptCacheError(
+            f"Chunk file {path} is damaged ({err}); it was removed: run again to compute it anew."
+        ) from err
+
+
+def _array_files(directory: Path) -> List[str]:
+    return [f"{name}.npy" for name in ARRAYS] + ([HEAD_FILE] if (directory / HEAD_FILE).exists() else [])
+
+
+def _file_records(directory: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
+    return {name: _file_record(directory / name) for name in names}
+
+
+def _file_record(path: Path) -> Dict[str, Any]:
+    """Size, modification time and sha256 of a file, to check it against later."""
+    stat = path.stat()  # before the read: a write during it leaves the record stale, so checked again
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+
+
+def _check_files(directory: Path, meta: Dict[str, Any], hash_changed: bool = True) -> Dict[str, Optional[Dict]]:
+    """Check the arrays of a saved entry against the records in `meta["files"]`.
+
+    Sizes are always compared: one stat per file. A sha256 costs a full read (seconds for ImageNet-sized
+    features), so it is recomputed only for a file whose size or modification time differs from its
+    record, which any write to the file changes.
+
+    Returns:
+        The files whose record is stale: their stats changed but not their content (each with a fresh
+        record; None with `hash_changed=False`, nothing read), or they have no record (None).
+
+    Raises:
+        CorruptCacheError: a file is missing, or has another size or (when hashed) another sha256 than recorded.
+    """
+    records = meta.get("files") or {}
+    stale = {}
+    for name in sorted(set(records) | set(_array_files(directory))):
+        path = directory / name
+        record = records.get(name)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise CorruptCacheError(f"{path} is missing.") from None
+        if record is not None and stat.st_size != record["size"]:
+            raise CorruptCacheError(
+                f"{path} has {stat.st_size:,} bytes but {record['size']:,} were written: it was truncated or overwritten."
+            )
+        if record is not None and stat.st_mtime_ns == record["mtime_ns"]:
+            continue
+        fresh = _file_record(path) if hash_changed and record is not None else None
+        if fresh is not None and fresh["sha256"] != record["sha256"]:
+            raise CorruptCacheError(
+                f"{path} does not match the sha256 recorded when it was written: its content changed since."
+            )
+        stale[name] = fresh
+    return stale
+
+
+def _load_array(path: Path, mmap_mode: Optional[str]) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (ValueError, OSError, EOFError) as err:  # e.g. numpy's "mmap length is greater than file size"
+        raise CorruptCacheError(f"{path} cannot be read as an array ({err}).") from err
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Union
 import datasets
 import torch.nn as nn
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub.errors import HFValidationError
 
 from .pruner import RESULT_FILE, PruningResult
 
@@ -178,10 +179,22 @@ def push_pruning_result(
 
 
 def _local_or_download(repo_id_or_path: Union[str, os.PathLike], repo_type: str, revision=None, token=None) -> Path:
+    """A local folder as it is, else a snapshot of the Hub repo; a name that is neither is said to be neither."""
     path = Path(repo_id_or_path)
     if path.is_dir():
         return path
-    return Path(snapshot_download(str(repo_id_or_path), repo_type=repo_type, revision=revision, token=token))
+    if path.exists():
+        raise NotADirectoryError(f"{path} is a file: pass the folder that holds {RESULT_FILE}, or a Hub repo id.")
+    try:
+        return Path(snapshot_download(str(repo_id_or_path), repo_type=repo_type, revision=revision, token=token))
+    except HFValidationError as err:
+        raise FileNotFoundError(
+            f"The folder {path.resolve()} does not exist, and {str(repo_id_or_path)!r} is not a valid Hub "
+            f"{repo_type} repo id either ({err})"
+        ) from err
+    except OSError as err:  # not found on the Hub, offline, no access: what the Hub said, plus the local side
+        err.add_note(f"There is no local folder {path.resolve()} either.")
+        raise
 
 
 def load_pruning_result(repo_id_or_path: Union[str, os.PathLike], revision=None, token=None) -> PruningResult:
@@ -204,6 +217,10 @@ def load_pruned_dataset(
             parquet). By default the source named in the card is loaded at its recorded revision.
         revision (`str`, *optional*): revision of the subset repo.
         token (`str`, *optional*): Hub token.
+
+    Raises:
+        FileNotFoundError: `repo_id_or_path` is no existing folder and no valid Hub repo id (both are said).
+        ValueError: `dataset` holds other rows than the scored split (another length, a shuffle, another split).
     """
     path = _local_or_download(repo_id_or_path, "dataset", revision, token)
     if not (path / RESULT_FILE).exists():
@@ -222,11 +239,7 @@ def load_pruned_dataset(
         dataset = datasets.load_dataset(
             source["dataset"], source.get("config"), split=source.get("split", "train"), revision=source.get("revision"), token=token
         )
-    if len(dataset) != result.num_rows:
-        raise ValueError(
-            f"The subset's row ids refer to a split of {result.num_rows} rows; the dataset given has {len(dataset)}."
-        )
-    return dataset.select(result.indices)
+    return result.select(dataset)  # refuses other rows: another length, a shuffle, another split
 
 
 # ---------------------------------------------------------------------------- students

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from . import __version__
 from .config import PrunerConfig
-from .data import column_values
+from .data import check_dataset, column_values
 from .features import TeacherOutputs, compute_teacher_outputs
 from .models import load_model
 from .policy import check_ratio
@@ -129,6 +129,7 @@ class PruningResult:
         return dataset.select(self.indices)
 
     def _check_same_rows(self, dataset: datasets.Dataset) -> None:
+        check_dataset(dataset)
         if len(dataset) != self.num_rows:
             raise ValueError(
                 f"These scores are for a dataset of {self.num_rows} rows, got one of {len(dataset)} rows."
@@ -179,7 +180,7 @@ class PruningResult:
         """Write `scores.npy`, `indices.npy` (when selected) and `pruning_result.json` (everything else)."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        np.save(path / "scores.npy", np.asarray(self.scores, dtype=np.float32))
+        np.save(path / "scores.npy", np.asarray(self.scores))  # in their own dtype: a reload selects the same rows
         np.save(path / "labels.npy", np.asarray(self.labels, dtype=np.int64))
         np.save(path / "val_indices.npy", self.val_indices)
         if self.indices is not None:
@@ -197,7 +198,7 @@ class PruningResult:
             "extra_scores": sorted(self.extra_scores),
         }
         for name, values in self.extra_scores.items():
-            np.save(path / f"scores_{name}.npy", np.asarray(values, dtype=np.float32))
+            np.save(path / f"scores_{name}.npy", np.asarray(values))
         (path / RESULT_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -349,6 +350,7 @@ class DatasetPruner:
 
     def score(self, dataset: datasets.Dataset) -> PruningResult:
         """Teacher pass + scores for every row; select afterwards at any ratio with `result.select(ds, ratio)`."""
+        check_dataset(dataset)
         self._check_classes(dataset)
         t0 = time.perf_counter()
         outputs = self.teacher_outputs(dataset)
@@ -395,7 +397,8 @@ class DatasetPruner:
             `datasets.Dataset`: `dataset.select(result.indices)`, every column kept. The scores, kept
             indices and policy are in `self.last_result`.
         """
-        check_ratio(ratio)  # fail before the teacher pass
+        check_dataset(dataset)  # fail before the teacher pass
+        check_ratio(ratio)
         result = self.score(dataset)
         result.select_indices(ratio, seed)
         result.indices, result.policy = self._from_main_process((result.indices, result.policy))

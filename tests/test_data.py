@@ -1,9 +1,11 @@
 """hf_ifbeta.data: column reads and up-front checks on tiny synthetic datasets."""
 
+import datasets
 import numpy as np
 import pytest
+import torch
 
-from hf_ifbeta.data import check_columns, column_values
+from hf_ifbeta.data import CorruptImageError, check_columns, check_dataset, column_values, decode_image, decode_image_tensor
 from factories import tiny_image_dataset
 
 
@@ -94,3 +96,36 @@ def test_decoded_image_cache_is_reused_and_a_damaged_file_is_decoded_again(tmp_p
 def test_decoded_dataset_rejects_rows_outside_the_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"row indices in \[0, 40\)"):
         _decoded(tmp_path, rows=[0, 40])
+
+
+def test_check_columns_refuses_string_labels_and_dataset_dicts_even_without_a_class_count():
+    ds = tiny_image_dataset(n=20, num_classes=4)
+    named = ds.cast_column("label", datasets.Value("string"))
+    with pytest.raises(ValueError, match=r"Label column 'label' holds strings \(row 0: '\d'\).*class_encode_column"):
+        check_columns(named, "image", "label")  # the trainer's path: no teacher class count
+    with pytest.raises(ValueError, match=r"splits \['train'\]: pass one split.*dataset\['train'\]"):
+        check_columns(datasets.DatasetDict({"train": ds}), "image", "label")
+    with pytest.raises(TypeError, match="without streaming=True"):
+        check_dataset(ds.to_iterable_dataset())
+
+
+def test_file_paths_decode_like_their_bytes(tmp_path):
+    image = tiny_image_dataset(n=1)["image"][0]
+    path = tmp_path / "0.png"
+    image.save(path)
+    as_bytes = {"bytes": path.read_bytes(), "path": None}
+    for value in (str(path), path):
+        assert decode_image(value, 0, "img").tobytes() == decode_image(as_bytes, 0, "img").tobytes()
+        assert torch.equal(decode_image_tensor(value, 0, "img"), decode_image_tensor(as_bytes, 0, "img"))
+    with pytest.raises(CorruptImageError, match=r"row 3, column 'img'.*missing.png"):
+        decode_image_tensor(str(tmp_path / "missing.png"), 3, "img")
+
+
+def test_decoded_dataset_answers_slices_with_columns(tmp_path):
+    import torch
+
+    _, decoded = _decoded(tmp_path, rows=[5, 9, 1, 30])
+    batch = decoded[1:3]
+    assert batch["row_ids"] == [9, 1] and batch["pixel_values"].shape == (2, 3, 32, 32)
+    torch.testing.assert_close(batch["pixel_values"][1], decoded[2]["pixel_values"], rtol=0, atol=0)
+    assert decoded[[3]]["row_ids"] == [30]

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -246,7 +247,8 @@ def run_two_processes(cache_dir, out_dir, *extra):
         str(SCRIPT), "--cache-dir", str(cache_dir), "--out", str(out_dir), "--chunk-size", "10", "--batch-size", "5",
         *extra,
     ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[2])}  # this checkout's hf_ifbeta, not another install
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow

@@ -281,14 +281,15 @@ class PruningResult:
             fig.savefig(path, dpi=120)
         return fig
 
-    def report(self, dataset: datasets.Dataset, path: Union[str, os.PathLike], **kwargs) -> Path:
+    def report(self, dataset: datasets.Dataset, path: Union[str, os.PathLike], options=None, **kwargs) -> Path:
         """Write a pruning report a person opens in a browser: one self-contained HTML file (provenance, scores
         and policy, kept share and highest- / lowest-scored images per class) with its figures as PNGs beside
-        it. `kwargs`: `report.ReportOptions` fields (e.g. `noisy_column="is_noisy"`); see `report.write_report`.
+        it. `options` (`report.ReportOptions`) or its fields as keyword arguments (e.g. `noisy_column="is_noisy"`);
+        see `report.write_report`.
         """
         from .report import write_report
 
-        return write_report(self, dataset, path, **kwargs)
+        return write_report(self, dataset, path, options, **kwargs)
 
 
 class DatasetPruner:

@@ -223,9 +223,8 @@ def _content(result: PruningResult, dataset: Optional[datasets.Dataset], options
             bad = ~np.isin(values, [0, 1]) if values.dtype.kind in "biuf" else np.ones(len(values), bool)
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"Column {column!r} must hold booleans or 0 / 1 flags; row {row} holds {values[row]!r}."
-                )
+                value = values[row].item() if isinstance(values[row], np.generic) else values[row]
+                raise ValueError(f"Column {column!r} must hold booleans or 0 / 1 flags; row {row} holds {value!r}.")
             content.flags, rule = values.astype(bool), f"`{column}` is true"
         else:
             content.other_labels = values
@@ -292,7 +291,9 @@ def _save_figures(content: _Content, folder: Path) -> Dict[str, Path]:
     ax.bar(x, [s.kept_share for s in content.classes], color=KEPT_COLOUR)
     ax.axhline(1 - result.ratio, color="k", ls="--", lw=1, label=f"keep rate {1 - result.ratio:.2f}")
     if len(content.classes) <= 30:
-        ax.set_xticks(x, [s.name for s in content.classes], rotation=30 if len(content.classes) > 10 else 0, ha="right")
+        names = [s.name for s in content.classes]
+        crowded = sum(len(n) for n in names) > 4 * len(names) + 8
+        ax.set_xticks(x, names, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set(title="kept share per class", xlabel="class", ylabel="kept share", ylim=(0, 1.05))
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -325,35 +326,53 @@ def _save_figures(content: _Content, folder: Path) -> Dict[str, Path]:
 
 def _grid_figure(content: _Content):
     """Rows: classes; columns: the highest-scored images, then the lowest-scored; a frame in the kept or
-    removed colour and the score above each image."""
+    removed colour and the score above each image. The images are pasted into one mosaic, so the figure has
+    one axes whatever the number of images."""
+    from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
 
     classes = [s for s in content.classes[:FIGURE_MAX_CLASSES] if len(s.highest)]
-    k = content.options.per_class
+    k, size = content.options.per_class, max(im.width for im in content.thumbnails.values())
+    size = max(size, max(im.height for im in content.thumbnails.values()))
+    border, gap, head = 3, 8, 14  # px: frame, space between cells, room for the score above a cell
+    cell_w, cell_h = size + 2 * border + gap, size + 2 * border + gap + head
+    spacer = cell_w // 2  # between the highest and the lowest
+    width, height = 2 * k * cell_w + spacer, len(classes) * cell_h
+    mosaic = np.full((height, width, 3), 255, dtype=np.uint8)  # (H, W, RGB)
     kept = kept_mask(content.result)
-    fig = Figure(figsize=(1.0 * (2 * k + 0.4), 1.15 * len(classes) + 0.6))
-    widths = [1] * k + [0.4] + [1] * k
-    axes = np.asarray(fig.subplots(len(classes), 2 * k + 1, squeeze=False, gridspec_kw={"width_ratios": widths}))
+    colours = {True: np.array(to_rgb(KEPT_COLOUR)) * 255, False: np.array(to_rgb(REMOVED_COLOUR)) * 255}
+    labels = []  # (x, y, text) in mosaic pixels
     for r, summary in enumerate(classes):
         # Scores fall from left to right: the highest first, the lowest last.
-        cells = list(summary.highest) + [None] * (k - len(summary.highest)) + [None] + list(summary.lowest[::-1])
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            row = cells[c] if c < len(cells) else None
-            if row is None:
-                ax.axis("off")
-                continue
-            ax.imshow(np.asarray(content.thumbnails[int(row)]))
-            colour = KEPT_COLOUR if kept[row] else REMOVED_COLOUR
-            for spine in ax.spines.values():
-                spine.set(color=colour, linewidth=2.5)
-            ax.set_title(f"{content.result.scores[row]:.3g}", fontsize=7, pad=2)
-        axes[r, 0].set_ylabel(summary.name, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(
-        f"highest scores (left) and lowest (right) per class; frame: kept (blue) or removed (red)", fontsize=10
+        cells = [(c, row) for c, row in enumerate(summary.highest)]
+        cells += [(2 * k - 1 - c, row) for c, row in enumerate(summary.lowest)]
+        y0 = r * cell_h + head
+        for c, row in cells:
+            x0 = c * cell_w + (spacer if c >= k else 0)
+            mosaic[y0 : y0 + size + 2 * border, x0 : x0 + size + 2 * border] = colours[bool(kept[row])]
+            image = np.asarray(content.thumbnails[int(row)].convert("RGB"))
+            h, w = image.shape[:2]
+            top, left = y0 + border + (size - h) // 2, x0 + border + (size - w) // 2
+            mosaic[top : top + h, left : left + w] = image
+            labels.append((x0 + border + size / 2, y0 - 2, f"{content.result.scores[row]:.3g}"))
+        labels.append((-6, y0 + border + size / 2, summary.name[:28]))
+    margin_left = 12 + 7 * max(len(s.name[:28]) for s in classes)
+    margin_top = 30
+    dpi = 100  # one mosaic pixel is one pixel of the saved PNG
+    fig = Figure(figsize=((width + margin_left) / dpi, (height + margin_top) / dpi), dpi=dpi)
+    W, H = width + margin_left, height + margin_top
+    ax = fig.add_axes((margin_left / W, 0, width / W, height / H))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    for x, y, text in labels:
+        if x < 0:
+            ax.text(x, y, text, ha="right", va="center", fontsize=9)
+        else:
+            ax.text(x, y, text, ha="center", va="bottom", fontsize=7)
+    fig.text(
+        0.5, 1 - 8 / H, "highest scores (left) and lowest (right) per class; frame: kept (blue) or removed (red)",
+        ha="center", va="top", fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.99))
     return fig
 
 
@@ -420,7 +439,7 @@ img.figure { max-width: 100%; height: auto; display: block; margin: .6rem 0; }
 .row { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
 .strip { display: flex; flex-wrap: wrap; gap: .4rem; align-items: flex-start; margin: .2rem 0 .6rem; }
 .strip-title { width: 7.5rem; font-size: .85rem; color: #555; padding-top: .3rem; }
-figure.thumb { margin: 0; width: 86px; font-size: .72rem; text-align: center; line-height: 1.25; }
+figure.thumb { margin: 0; width: 96px; font-size: .72rem; text-align: center; line-height: 1.25; }
 figure.thumb img { border: 3px solid; image-rendering: pixelated; max-width: 80px; height: auto; }
 figure.kept img { border-color: KEPT_COLOUR; }
 figure.removed img { border-color: REMOVED_COLOUR; opacity: .6; }
@@ -570,7 +589,7 @@ def _thumb_html(content: _Content, row: int, kept: bool) -> str:
     result = content.result
     label = int(result.labels[row])
     status = "kept" if kept else "removed"
-    lines = [f"{result.scores[row]:.4g}", f"{_e(content.name(label))} · <span class=\"status\">{status}</span>"]
+    lines = [f"{result.scores[row]:.4g}", _e(content.name(label))]
     if content.other_labels is not None and content.other_labels[row] != label:
         lines.append(f'<span class="flag">other label: {_e(content.name(int(content.other_labels[row])))}</span>')
     elif content.flags is not None and content.flags[row]:
@@ -579,5 +598,5 @@ def _thumb_html(content: _Content, row: int, kept: bool) -> str:
     return (
         f'<figure class="thumb {status}" data-row="{row}"><img alt="row {row}" width="{image.width}" '
         f'height="{image.height}" src="{_data_uri(_png(image))}"><figcaption>{"<br>".join(lines)}<br>'
-        f'<span class="row">row {row}</span></figcaption></figure>'
+        f'<span class="status">{status}</span> · row {row}</figcaption></figure>'
     )

@@ -488,7 +488,8 @@ def _render(content: _Content, figures: Dict[str, bytes]) -> str:
     # Provenance: the run that made these rows.
     run_rows = [
         ("teacher", f"<code>{_e(prov.get('teacher'))}</code>"),
-        ("dataset", _e(" / ".join(str(x) for x in (prov.get("dataset_name"), prov.get("dataset_config"), prov.get("dataset_split")) if x) or "local files")),
+        ("dataset", _e(" / ".join(str(x) for x in (prov.get("dataset_name"), prov.get("dataset_config")) if x) or "local files")),
+        ("split", _e(prov.get("dataset_split"))),
         ("dataset fingerprint", f"<code>{_e(prov.get('dataset_fingerprint'))}</code>"),
         ("rows scored", f"{result.num_rows:,}"),
         ("classes", _e(prov.get("num_classes", len(content.classes)))),
@@ -598,5 +599,5 @@ def _thumb_html(content: _Content, row: int, kept: bool) -> str:
     return (
         f'<figure class="thumb {status}" data-row="{row}"><img alt="row {row}" width="{image.width}" '
         f'height="{image.height}" src="{_data_uri(_png(image))}"><figcaption>{"<br>".join(lines)}<br>'
-        f'<span class="status">{status}</span> · row {row}</figcaption></figure>'
+        f'<span class="status">{status}</span><br>row {row}</figcaption></figure>'
     )

@@ -220,7 +220,10 @@ def _content(result: PruningResult, dataset: Optional[datasets.Dataset], options
         _check_column(dataset, column, "noisy_column" if options.noisy_column else "other_label_column")
         values = column_values(dataset, column)
         if options.noisy_column:
-            bad = ~np.isin(values, [0, 1]) if values.dtype.kind in "biuf" else np.ones(len(values), bool)
+            if values.dtype.kind in "biuf":
+                bad = ~np.isin(values, [0, 1])
+            else:  # objects: None, strings, ...
+                bad = np.array([not (isinstance(v, (bool, int, np.bool_, np.integer)) and v in (0, 1)) for v in values])
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 value = values[row].item() if isinstance(values[row], np.generic) else values[row]
@@ -331,7 +334,8 @@ def _grid_figure(content: _Content):
     from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
 
-    classes = [s for s in content.classes[:FIGURE_MAX_CLASSES] if len(s.highest)]
+    shown = min(FIGURE_MAX_CLASSES, content.options.max_grid_classes)
+    classes = [s for s in content.classes[:shown] if len(s.highest)]
     k, size = content.options.per_class, max(im.width for im in content.thumbnails.values())
     size = max(size, max(im.height for im in content.thumbnails.values()))
     border, gap, head = 3, 8, 14  # px: frame, space between cells, room for the score above a cell

@@ -230,12 +230,26 @@ def test_figures_without_the_rows_leave_out_the_images(tiny, tmp_path):
     assert not (tmp_path / FIGURE_FILES["class_grid"]).exists()
 
 
+def test_image_grids_of_the_first_classes_only(tiny, tmp_path):
+    result = made_up_result(tiny)
+    path = result.report(tiny, tmp_path / "report.html", per_class=3, max_grid_classes=2)
+    page = Page(path.read_text())
+    assert sorted({t["label"] for t in page.thumbs}) == [0, 1] and len(page.thumbs) == 2 * 2 * 3
+    assert len(page.tables["class-kept"]) == 1 + 4  # the table still lists every class
+    assert "Images of the first 2 of 4 classes." in path.read_text()
+    every_class = result.report(tiny, tmp_path / "all" / "report.html", per_class=3).parent
+    heights = [Image.open(folder / FIGURE_FILES["class_grid"]).size[1] for folder in (tmp_path, every_class)]
+    assert heights[0] < 0.6 * heights[1]  # two rows of images in the grid, not four
+
+
 def test_bad_inputs_are_refused_with_the_reason(tiny, tmp_path):
     result = made_up_result(tiny)
     with pytest.raises(ValueError, match=r"'nope' is not a column.*'is_noisy'"):
         result.report(tiny, tmp_path / "r.html", noisy_column="nope")
     with pytest.raises(ValueError, match=r"row 0 holds 2"):
         result.report(tiny.add_column("flags", [2] * len(tiny)), tmp_path / "r.html", noisy_column="flags")
+    with pytest.raises(ValueError, match=r"row 1 holds None"):
+        result.report(tiny.add_column("flags", [True, None] * 60), tmp_path / "r.html", noisy_column="flags")
     with pytest.raises(ValueError, match="not both"):
         ReportOptions(noisy_column="a", other_label_column="b")
     with pytest.raises(ValueError, match="per_class must be at least 1"):

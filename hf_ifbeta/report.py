@@ -222,12 +222,13 @@ def _content(result: PruningResult, dataset: Optional[datasets.Dataset], options
         if options.noisy_column:
             if values.dtype.kind in "biuf":
                 bad = ~np.isin(values, [0, 1])
-            else:  # objects: None, strings, ...
-                bad = np.array([not (isinstance(v, (bool, int, np.bool_, np.integer)) and v in (0, 1)) for v in values])
+            else:  # objects (a column with nulls, strings, ...)
+                bad = np.array([not (isinstance(_scalar(v), (bool, int)) and _scalar(v) in (0, 1)) for v in values])
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                value = values[row].item() if isinstance(values[row], np.generic) else values[row]
-                raise ValueError(f"Column {column!r} must hold booleans or 0 / 1 flags; row {row} holds {value!r}.")
+                raise ValueError(
+                    f"Column {column!r} must hold booleans or 0 / 1 flags; row {row} holds {_scalar(values[row])!r}."
+                )
             content.flags, rule = values.astype(bool), f"`{column}` is true"
         else:
             content.other_labels = values
@@ -245,6 +246,11 @@ def _content(result: PruningResult, dataset: Optional[datasets.Dataset], options
             image = decode_image(images[i][image_column], int(row), image_column)
             content.thumbnails[int(row)] = _thumbnail(image, options.thumbnail_size)
     return content
+
+
+def _scalar(value):
+    """A NumPy scalar or one-element array as the Python value it holds."""
+    return value.item() if isinstance(value, (np.generic, np.ndarray)) and np.size(value) == 1 else value
 
 
 def _check_column(dataset: datasets.Dataset, column: str, argument: str) -> None:

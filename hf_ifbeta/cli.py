@@ -2,7 +2,7 @@
 
     hf-ifbeta-prune --teacher cifar10_resnet56 --teacher_checkpoint ../shared/models/cifar10_resnet56.pt \\
         --dataset parquet --data_files ../shared/data/cifar10/train.parquet --image_column img \\
-        --ratio 0.3 --output_dir out/cifar10-ifbeta-r0.3
+        --ratio 0.3 --output_dir out/cifar10-ifbeta-r0.3 --report    # + out/.../report.html to open in a browser
 """
 
 import importlib.util
@@ -46,6 +46,17 @@ class PruneArguments:
         default=None, metadata={"help": "Hub token for loading the dataset and pushing; unset, the logged-in one."}
     )
     plot: bool = field(default=True, metadata={"help": "Save plot.png (scores, policy, kept rows) next to each result."})
+    report: bool = field(
+        default=False,
+        metadata={"help": "Write report.html next to each result: a page to open in a browser (provenance, scores and "
+                  "policy, kept share and highest- / lowest-scored images per class), its figures as PNGs beside it."},
+    )  # fmt: skip
+    noisy_column: Optional[str] = field(
+        default=None, metadata={"help": "For --report: a column of known-noisy flags; their kept share is compared with the rest's."}
+    )
+    other_label_column: Optional[str] = field(
+        default=None, metadata={"help": "For --report: a second label column; rows whose labels differ are compared with the rest."}
+    )
 
 
 def load_image_dataset(
@@ -87,6 +98,13 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
         parser.error("--push_to_hub needs --repo_id (e.g. me/cifar10-ifbeta-r{ratio}).")
     for ratio in args.ratio:
         check_ratio(ratio)
+    report_options = None
+    if args.report:
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error("--report needs matplotlib: pip install 'hf_ifbeta[plot]'.")
+        from .report import ReportOptions
+
+        report_options = ReportOptions(noisy_column=args.noisy_column, other_label_column=args.other_label_column)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         logger.warning("matplotlib is not installed (pip install 'hf_ifbeta[plot]'): no plot.png is written.")
         args.plot = False
@@ -94,6 +112,9 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
     ds = load_image_dataset(
         args.dataset, args.split, args.data_files, args.dataset_config, args.revision, args.max_samples, args.token
     )
+    for column in (args.noisy_column, args.other_label_column):
+        if report_options is not None and column and column not in ds.column_names:
+            parser.error(f"--noisy_column / --other_label_column {column!r} is not a column of the dataset: {ds.column_names}.")
     teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint)
     pruner = DatasetPruner(teacher, config, accelerator=state)
     result = pruner.score(ds)
@@ -110,6 +131,8 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
         result.save(out)
         if args.plot:
             result.plot(out / "plot.png")
+        if report_options is not None:
+            result.report(ds, out / "report.html", report_options)
         policy = result.policy or {}
         line = {
             "ratio": ratio,
@@ -119,6 +142,7 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
             "a": policy.get("a"),
             "b": policy.get("b"),
             "output": str(out),
+            **({"report": str(out / "report.html")} if report_options is not None else {}),
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
         }
         summary.append(line)
@@ -127,7 +151,7 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
             result.push_to_hub(
                 args.repo_id.format(ratio=ratio), source_dataset=None if args.data_files else args.dataset,
                 source_revision=args.revision, source_split=args.split, source_config=args.dataset_config,
-                private=args.private, token=args.token,
+                dataset=ds, private=args.private, token=args.token,
             )
     if state.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,15 @@
 A pruned subset is shared light by default: the kept row ids, every row's score and a card that
 points at the source dataset and revision, so the source's licence and hosting are respected and
 `load_pruned_dataset` rebuilds the rows with one call. `materialize=True` uploads the rows too.
+The card embeds the pruning report's figures (`figures/`): the policy plot and, when the scored rows
+are given, the grid of the highest- and lowest-scored images of each class.
 Uploads happen on the main process only; everything up to the upload is a local folder, so the
 same code is tested offline by loading those folders back.
 """
 
+import importlib.util
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +35,9 @@ __all__ = [
 ]
 
 SUBSET_DATA_DIR = "data"
+FIGURES_DIR = "figures"
+
+logger = logging.getLogger(__name__)
 
 
 def _is_main_process() -> bool:
@@ -59,7 +66,8 @@ def save_pruning_result_for_hub(
         source_revision (`str`, *optional*): its revision (commit sha or tag) the row ids refer to.
         source_split (`str`, *optional*): its split (default: from provenance, else "train").
         source_config (`str`, *optional*): its config name.
-        dataset (`datasets.Dataset`, *optional*): the scored dataset, required with `materialize=True`.
+        dataset (`datasets.Dataset`, *optional*): the scored dataset: gives the card its grid of the highest- and
+            lowest-scored images of each class; required with `materialize=True`.
         materialize (`bool`): also write the kept rows as parquet under `data/`.
     """
     if result.indices is None:
@@ -81,11 +89,32 @@ def save_pruning_result_for_hub(
             raise ValueError("materialize=True needs dataset=<the scored datasets.Dataset>.")
         (path / SUBSET_DATA_DIR).mkdir(exist_ok=True)
         result.select(dataset).to_parquet(str(path / SUBSET_DATA_DIR / f"{source['split']}-00000-of-00001.parquet"))
-    _dataset_card(result, source, materialize).save(path / "README.md")
+    _dataset_card(result, source, materialize, _card_figures(result, dataset, path)).save(path / "README.md")
     return path
 
 
-def _dataset_card(result: PruningResult, source: Dict[str, Any], materialize: bool) -> DatasetCard:
+def _card_figures(result: PruningResult, dataset: Optional[datasets.Dataset], path: Path) -> Dict[str, str]:
+    """The pruning report's figures under `figures/`: {name: path relative to the card}."""
+    if importlib.util.find_spec("matplotlib") is None:
+        logger.warning("matplotlib is not installed (pip install 'hf_ifbeta[plot]'): the dataset card has no figures.")
+        return {}
+    from .report import write_figures
+
+    paths = write_figures(result, dataset, path / FIGURES_DIR)
+    return {name: f"{FIGURES_DIR}/{p.name}" for name, p in paths.items()}
+
+
+_FIGURE_CAPTIONS = {
+    "policy": "Scores of every row and of the kept ones, the policy density over rank positions, the kept share per rank decile",
+    "class_grid": "The highest- (left) and lowest-scored (right) images of each class; frame: kept (blue) or removed (red)",
+    "class_kept": "Kept share per class",
+    "flagged_kept": "Kept share of the flagged rows and of the rest",
+}
+
+
+def _dataset_card(
+    result: PruningResult, source: Dict[str, Any], materialize: bool, figures: Optional[Dict[str, str]] = None
+) -> DatasetCard:
     policy = result.policy or {}
     card_data = DatasetCardData(
         source_datasets=[source["dataset"]] if source["dataset"] else None,
@@ -123,7 +152,7 @@ Made with `hf_ifbeta` {result.provenance.get('hf_ifbeta_version')}: the teacher
 | teacher | `{result.provenance.get('teacher')}` |
 
 Files: `indices.npy` (kept row ids of the source split), `scores.npy` (a score per source row),
-`pruning_result.json` (policy, configuration, provenance, timings), `source.json`.
+`pruning_result.json` (policy, configuration, provenance, timings), `source.json`{", `figures/` (the plots below)" if figures else ""}.
 {"The kept rows are materialised under `data/`." if materialize else "The rows themselves stay in the source dataset (and under its licence)."}
 
 ```python
@@ -131,6 +160,10 @@ from hf_ifbeta import load_pruned_dataset
 {load}
 ```
 """
+    if figures:
+        content += "\n## What was kept\n\n" + "".join(
+            f"![{_FIGURE_CAPTIONS[name]}]({figures[name]})\n\n" for name in _FIGURE_CAPTIONS if name in figures
+        )
     return DatasetCard(content)
 
 

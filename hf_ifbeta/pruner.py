@@ -242,7 +242,7 @@ class PruningResult:
             import matplotlib  # noqa: F401
         except ImportError as err:
             raise ImportError("PruningResult.plot needs matplotlib: pip install 'hf_ifbeta[plot]'.") from err
-        from .policy import BetaPolicy, rank_positions
+        from .policy import BetaPolicy
 
         if path is None:
             import matplotlib.pyplot as plt
@@ -271,11 +271,9 @@ class PruningResult:
         ax.legend()
         ax = axes[2]
         if self.indices is not None:
-            u = rank_positions(self.scores, self.labels, stratify=self.config.get("stratify", True))
-            kept = np.zeros(self.num_rows, bool)
-            kept[self.indices] = True
-            deciles = np.minimum((u * 10).astype(int), 9)
-            ax.bar(np.arange(10) / 10 + 0.05, [kept[deciles == k].mean() for k in range(10)], width=0.09)
+            from .report import kept_share_per_rank_decile
+
+            ax.bar(np.arange(10) / 10 + 0.05, kept_share_per_rank_decile(self), width=0.09)
             ax.axhline(1 - self.ratio, color="k", ls="--", lw=1, label=f"keep rate {1 - self.ratio:.2f}")
             ax.legend()
         ax.set(title="kept fraction per rank decile", xlabel="rank position u", ylim=(0, 1.05))
@@ -283,6 +281,16 @@ class PruningResult:
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig
+
+    def report(self, dataset: datasets.Dataset, path: Union[str, os.PathLike], options=None, **kwargs) -> Path:
+        """Write a pruning report a person opens in a browser: one self-contained HTML file (provenance, scores
+        and policy, kept share and highest- / lowest-scored images per class) with its figures as PNGs beside
+        it. `options` (`report.ReportOptions`) or its fields as keyword arguments (e.g. `noisy_column="is_noisy"`);
+        see `report.write_report`.
+        """
+        from .report import write_report
+
+        return write_report(self, dataset, path, options, **kwargs)
 
 
 class DatasetPruner:

@@ -46,6 +46,7 @@ class RecipeArguments:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate on the first N test rows."})
     push_subset_to: Optional[str] = field(default=None, metadata={"help": "Hub dataset repo to push the pruned subset to."})
+    report: bool = field(default=False, metadata={"help": "Write pruning/report.html: what was kept, to open in a browser (needs matplotlib)."})
 
 
 def parse_args(argv=None, pruner_defaults=None, **defaults):
@@ -175,10 +176,12 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
             f"teacher {args.teacher}: {100 * summary['teacher_test_accuracy']:.2f} % "
             f"({len(kept)} of {len(train)} rows, {args.prune_method}, {training_args.num_train_epochs} epochs)"
         )
+        if args.report and result is not None:
+            print(f"pruning report: {result.report(train, out / 'pruning' / 'report.html', image_column=image_column)}")
     if args.push_subset_to and result is not None:
         result.push_to_hub(
             args.push_subset_to, source_dataset=args.dataset, source_revision=args.dataset_revision,
-            source_split=args.train_split, source_config=args.dataset_config,
+            source_split=args.train_split, source_config=args.dataset_config, dataset=train,
         )
     if training_args.push_to_hub:
         # The student's model card names its teacher, the subset it was distilled on and the source dataset.

@@ -45,6 +45,40 @@ def test_one_scoring_pass_several_ratios(parquet_and_checkpoint, tmp_path, monke
     assert np.array_equal(np.sort(result.indices), result.indices)
 
 
+def test_report_flag_writes_the_page_next_to_each_result(parquet_and_checkpoint, tmp_path):
+    pytest.importorskip("matplotlib")
+    root = parquet_and_checkpoint
+    out = tmp_path / "pruned"
+    prune_main([
+        "--teacher", "cifar10_resnet20", "--teacher_checkpoint", str(root / "teacher.pt"),
+        "--dataset", "parquet", "--data_files", str(root / "train.parquet"), "--image_column", "image",
+        "--method", "el2n", "--ratio", "0.5", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+        "--no_plot", "--report",
+    ])
+    (summary,) = json.loads((out / "summary.json").read_text())
+    page = out / "el2n-r0.5" / "report.html"
+    assert summary["report"] == str(page)
+    html = page.read_text()
+    result = PruningResult.load(out / "el2n-r0.5")
+    for c in np.unique(result.labels):  # every class of the scored rows has its section
+        assert f'id="class-{c}"' in html
+    assert f"<b>{len(result.indices)}</b> of {result.num_rows} rows" in html
+    assert {p.name for p in (out / "el2n-r0.5").glob("*.png")} == {"policy.png", "class_kept.png", "class_grid.png"}
+
+
+def test_report_column_missing_fails_before_the_teacher_pass(parquet_and_checkpoint, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    root = parquet_and_checkpoint
+    monkeypatch.setattr(hf_ifbeta.pruner.DatasetPruner, "teacher_outputs", lambda self, ds: pytest.fail("teacher pass started"))
+    with pytest.raises(SystemExit):
+        prune_main([
+            "--teacher", "cifar10_resnet20", "--teacher_checkpoint", str(root / "teacher.pt"), "--dataset", "parquet",
+            "--data_files", str(root / "train.parquet"), "--image_column", "image", "--report",
+            "--noisy_column", "is_noisy", "--output_dir", str(tmp_path / "x"),
+        ])
+    assert "'is_noisy' is not a column" in capsys.readouterr().err
+
+
 def test_bad_ratio_fails_before_the_teacher_pass(parquet_and_checkpoint, tmp_path, monkeypatch):
     root = parquet_and_checkpoint
     monkeypatch.setattr(hf_ifbeta.pruner.DatasetPruner, "teacher_outputs", lambda self, ds: pytest.fail("teacher pass started"))

@@ -2,11 +2,13 @@
 upload calls are exercised up to the network with `HfApi` replaced by a recorder."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 import hf_ifbeta  # noqa: F401
 from hf_ifbeta import DatasetPruner, load_pruned_dataset
@@ -84,6 +86,31 @@ def test_push_subset_stops_at_the_network(result, monkeypatch):
     assert create == "create_repo" and kwargs["repo_type"] == "dataset" and kwargs["private"] is True
     assert upload == "upload_folder" and repo2 == "me/tiny-el2n-r0.5" and up["repo_type"] == "dataset"
     assert {"README.md", "indices.npy", "scores.npy", "pruning_result.json", "source.json"} <= set(up["files"])
+
+
+def test_card_embeds_the_policy_plot_and_the_class_grid(result, tiny_ds, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    folder = save_pruning_result_for_hub(result, tmp_path / "subset", dataset=tiny_ds)
+    card = (folder / "README.md").read_text()
+    embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card)
+    assert {"figures/policy.png", "figures/class_grid.png"} <= set(embedded)
+    for relative in embedded:  # every picture the card shows is a file of the repo folder
+        assert Image.open(folder / relative).size[0] > 300
+    # The grid has a row per class: taller with the 4 classes of the rows than one strip of thumbnails.
+    assert Image.open(folder / "figures/class_grid.png").size[1] > 4 * 64
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub_mod, "HfApi", RecordingApi)
+    result.push_to_hub("me/tiny-el2n-r0.5", dataset=tiny_ds)
+    uploaded = RecordingApi.calls[1][2]
+    assert {"policy.png", "class_grid.png"} <= set(uploaded["files"]) and "figures/class_grid.png" in uploaded["readme"]
+
+
+def test_card_without_the_rows_has_the_policy_plot_only(result, tmp_path):
+    pytest.importorskip("matplotlib")
+    folder = save_pruning_result_for_hub(result, tmp_path / "subset")
+    embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (folder / "README.md").read_text())
+    assert "figures/policy.png" in embedded and "figures/class_grid.png" not in embedded
+    assert all((folder / relative).exists() for relative in embedded)
 
 
 def test_push_happens_on_the_main_process_only(result, monkeypatch):

@@ -36,12 +36,12 @@ def test_help_explains_every_flag():
 @pytest.mark.slow
 def test_distill_cifar_on_local_parquet(shared_dir, tmp_path):
     out = tmp_path / "out"
-    run_recipe([
+    proc = run_recipe([
         RECIPES / "distill_cifar.py",
         "--train_file", shared_dir / "data/cifar10/train.parquet", "--test_file", shared_dir / "data/cifar10/test.parquet",
         "--teacher_checkpoint", shared_dir / "models/cifar10_resnet56.pt", "--max_train_samples", 400,
         "--max_eval_samples", 200, "--prune_method", "if-beta", "--prune_ratio", 0.5, "--outer_steps", 2,
-        "--num_train_epochs", 1, "--cache_dir", tmp_path / "cache", "--output_dir", out,
+        "--num_train_epochs", 1, "--cache_dir", tmp_path / "cache", "--output_dir", out, "--report",
     ])
     summary = json.loads((out / "results.json").read_text())
     assert summary["kept_rows"] == 200 and summary["train_rows"] == 400
@@ -49,6 +49,8 @@ def test_distill_cifar_on_local_parquet(shared_dir, tmp_path):
     assert 0.0 <= summary["student_test_accuracy"] <= 1.0
     assert summary["policy"]["a"] > 0 and summary["policy"]["b"] > 0
     assert (out / "pruning" / "indices.npy").exists()
+    assert f"pruning report: {out / 'pruning' / 'report.html'}" in proc.stdout  # the demo prints where its page is
+    assert 'id="class-9"' in (out / "pruning" / "report.html").read_text()
 
 
 def make_image_folder(root: Path, classes=3, per_class=12, size=40, seed=0):

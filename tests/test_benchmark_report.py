@@ -1,0 +1,89 @@
+"""benchmarks/report.py: the sweep summary, per-setting tables with paired intervals, and the criterion, on hand-made cells."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("report", Path(__file__).resolve().parents[1] / "benchmarks" / "report.py")
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+
+def cell(method, ratio, seed, top1):
+    return {"method": method, "ratio": ratio, "seed": seed, "test_top1": top1, "kd_time_s": 1.0,
+            "prune_timings": {"scoring_s": 2.0, "selection_s": 1.0}, "policy": None}
+
+
+def test_summary_pairs_seeds_and_verdict_applies_the_criterion():
+    rows = []
+    for seed, base in ((0, 80.0), (1, 81.0)):
+        for ratio, shift in ((0.3, 0.0), (0.5, 0.0), (0.7, 0.0)):
+            rows.append(cell("random", ratio, seed, base + shift))
+        rows += [cell("if-beta", 0.3, seed, base + 0.2), cell("if-beta", 0.5, seed, base + 1.0),
+                 cell("if-beta", 0.7, seed, base + 0.6)]
+        rows += [cell("el2n", 0.3, seed, base + 2.0), cell("el2n", 0.5, seed, base - 0.1), cell("el2n", 0.7, seed, base + 2.0)]
+    rows.append(cell("influence", 0.7, 0, 90.0))
+    summary = report.summarise(rows)
+    ifb = next(s for s in summary if s["method"] == "if-beta" and s["ratio"] == 0.5)
+    assert ifb["top1_mean"] == pytest.approx(81.5) and ifb["paired_diff_vs_random"] == pytest.approx(1.0)
+    assert ifb["top1_std"] == pytest.approx(0.7071, abs=1e-4) and ifb["prune_time_s"] == pytest.approx(3.0)
+
+    verdicts = {v["method"]: v for v in report.verdict(summary)}
+    assert verdicts["if-beta"]["average_diff"] == pytest.approx(0.6) and verdicts["if-beta"]["meets"]
+    assert verdicts["el2n"]["average_diff"] == pytest.approx(3.9 / 3) and not verdicts["el2n"]["meets"]  # -0.1 at 0.5
+    assert verdicts["influence"]["average_diff"] is None and not verdicts["influence"]["meets"]  # incomplete
+    assert verdicts["if-beta"]["seeds"][0.3] == 2
+    text = report.verdict_table(report.verdict(summary))
+    assert "| if-beta | +0.20 (2) | +1.00 (2) | +0.60 (2) | +0.60 | yes |" in text
+    assert "| influence | – | – | +10.00 (1) | incomplete | no |" in text  # against random on seed 0 only
+    # a third random seed that if-beta lacks does not move if-beta's comparison
+    extra = {v["method"]: v for v in report.verdict(report.summarise(rows + [cell("random", 0.7, 2, 70.0)]))}
+    assert extra["if-beta"]["diff_vs_random"] == verdicts["if-beta"]["diff_vs_random"]
+
+
+def test_ablations_sort_after_the_registry_methods_by_name():
+    methods = ["if-beta@l2=0.01", "random", "if-beta@a=1", "if-beta", "dual-beta"]
+    assert sorted(methods, key=report._rank) == ["if-beta", "random", "dual-beta", "if-beta@a=1", "if-beta@l2=0.01"]
+
+
+def test_missing_sweep_names_the_file_and_the_command(tmp_path):
+    with pytest.raises(SystemExit, match=r"kd_sweep_nope\.jsonl.*--profile nope"):
+        report.main(["--profile", "nope"])
+    with pytest.raises(SystemExit, match="absent.jsonl"):
+        report.main([str(tmp_path / "absent.jsonl")])
+
+
+def test_method_cost_keeps_milliseconds_and_whole_seconds():
+    assert [report._seconds(x) for x in (0.0052, 4.08, 11.37, 126.4)] == ["0.0052", "4.1", "11", "126"]
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    mean, low, high = report.paired_interval([0.2, 0.6, 0.4])
+    # mean 0.4, sd 0.2, t(0.975, 2) = 4.303: half-width 4.303 * 0.2 / sqrt(3)
+    assert mean == pytest.approx(0.4) and high - mean == pytest.approx(4.3027 * 0.2 / 3 ** 0.5, rel=1e-4)
+    assert low == pytest.approx(2 * mean - high)
+    assert report.paired_interval([0.3]) == (pytest.approx(0.3), None, None)
+
+
+def test_settings_get_their_own_tables_and_the_summary_pairs_seeds():
+    rows = []
+    for seed in (0, 1, 2):
+        for ratio in (0.3, 0.7):
+            rows.append(cell("random", ratio, seed, 80.0 + seed))  # a cell from before settings: CIFAR-10
+            noisy = {"setting": "cifar10-noisy20", "engine": "trainer", "flipped_kept_share": 0.5 - 0.1 * seed}
+            rows.append({**cell("random", ratio, seed, 70.0 + seed), **noisy})
+            rows.append({**cell("if-beta", ratio, seed, 70.5 + seed + 0.1 * seed), **noisy})
+    rows.append({**cell("random", 0.3, 0, 80.4), "engine": "trainer"})  # the trainer's rerun of a committed cell
+    groups, engine_check = report.split_rows(rows)
+    assert set(groups) == {"cifar10", "cifar10-noisy20"} and len(engine_check) == 1
+    overview = report.settings_summary({k: report.summarise(v) for k, v in groups.items()})
+    mean, low, high, pairs = overview["cifar10-noisy20"][0.7]
+    assert mean == pytest.approx(0.6) and pairs == 3 and low < 0.6 < high
+    assert "cifar10" not in overview  # no if-beta cells there
+    text = report.settings_table(overview)
+    assert "| cifar10-noisy20 | +0.60 [" in text and "| – |" in text  # ratio 0.5 missing
+    noisy_table = report.table(report.summarise(groups["cifar10-noisy20"]), "cpu")
+    assert "flipped kept" in noisy_table and "| 40.0 % |" in noisy_table
+    check = report.engine_table(groups["cifar10"], engine_check)
+    assert "| random | 0.3 | 0 | 80.00 | 80.40 | +0.40 | 1.00 (n = 3) |" in check

@@ -2,7 +2,7 @@
 
 On the CIFAR-10 train split with the ResNet-56 teacher (teacher pass in float32), seed 0, every
 registered method at ratios 0.3 / 0.5 / 0.7: a SHA-256 of the kept indices (int64), of the scores
-(float64) and of the policy (JSON). Recorded once into `benchmarks/results/prune_fingerprints.json`;
+(float64) and of the policy (JSON, without its wall-clock times). Recorded once into `benchmarks/results/prune_fingerprints.json`;
 `--check` recomputes them and fails on any difference, so a refactor that should change nothing is
 shown to change nothing, bit for bit.
 
@@ -35,10 +35,21 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def without_times(value):
+    """The policy record minus wall-clock entries (`*_seconds`, `*_s`), which no refactor keeps equal."""
+    if isinstance(value, dict):
+        return {k: without_times(v) for k, v in value.items() if not (k.endswith("_seconds") or k.endswith("_s"))}
+    if isinstance(value, list):
+        return [without_times(v) for v in value]
+    return value
+
+
 def fingerprints(methods=None, ratios=RATIOS, seed: int = 0):
     import datasets
 
-    train = datasets.load_dataset("parquet", data_files={"train": str(SHARED / "data/cifar10/train.parquet")})["train"]
+    # Both splits, as benchmarks/kd_sweep.py loads them: the same fingerprint, so its teacher-pass cache serves here.
+    files = {split: str(SHARED / f"data/cifar10/{split}.parquet") for split in ("train", "test")}
+    train = datasets.load_dataset("parquet", data_files=files)["train"]
     teacher = load_model("cifar10_resnet56", checkpoint=str(SHARED / "models/cifar10_resnet56.pt")).eval()
     out = {}
     for method in methods or list_methods():
@@ -47,7 +58,7 @@ def fingerprints(methods=None, ratios=RATIOS, seed: int = 0):
         result = pruner.score(train)
         for ratio in ratios:
             indices = np.asarray(result.select_indices(ratio, seed=seed), dtype=np.int64)
-            policy = json.dumps(to_jsonable(result.policy), sort_keys=True)
+            policy = json.dumps(without_times(to_jsonable(result.policy)), sort_keys=True)
             out[f"{method}|{ratio}"] = {
                 "kept": int(len(indices)),
                 "indices": sha(indices.tobytes()),

@@ -129,3 +129,20 @@ def test_decoded_dataset_answers_slices_with_columns(tmp_path):
     assert batch["row_ids"] == [9, 1] and batch["pixel_values"].shape == (2, 3, 32, 32)
     torch.testing.assert_close(batch["pixel_values"][1], decoded[2]["pixel_values"], rtol=0, atol=0)
     assert decoded[[3]]["row_ids"] == [30]
+
+
+def test_decoded_dataset_gives_workers_the_epoch_set_in_the_main_process(tmp_path):
+    import torch
+
+    from hf_ifbeta.data import DistillationCollator
+
+    _, decoded = _decoded(tmp_path)
+    loader = torch.utils.data.DataLoader(
+        decoded, batch_size=8, num_workers=2, persistent_workers=True, collate_fn=DistillationCollator()
+    )
+    for epoch in (1, 4):  # persistent workers: the epoch reaches them through shared memory, not a copy
+        decoded.set_epoch(epoch)
+        batches = list(loader)
+        assert all(batch["epoch"].eq(epoch).all() for batch in batches)
+        expected = DistillationCollator()(decoded.__getitems__(list(range(8))))
+        torch.testing.assert_close(batches[0]["pixel_values"], expected["pixel_values"], rtol=0, atol=0)

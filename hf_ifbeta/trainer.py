@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import EvalPrediction, Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .config import DistillationTrainingArguments
 from .data import DistillationCollator, model_data_config
@@ -134,6 +134,9 @@ class DistillationTrainer(Trainer):
             compute_metrics=compute_metrics if compute_metrics is not None else accuracy_metrics,
             **kwargs,
         )
+        if hasattr(train_dataset, "set_epoch"):
+            # accelerate's loader skips `dataset.set_epoch` when its sampler has one, as a resumed run's does.
+            self.add_callback(_EpochToDataset(train_dataset))
         # The student is called with `pixel_values` only: no loss kwargs, so no per-step item count.
         self.model_accepts_loss_kwargs = False
         device = self.accelerator.device
@@ -399,6 +402,16 @@ class DistillationTrainer(Trainer):
                 f"The student predicts {n_student} classes but the teacher predicts {n_teacher}: KD needs the same "
                 "classes in the same order. Create the student with num_classes matching the teacher."
             )
+
+
+class _EpochToDataset(TrainerCallback):
+    """Tell the training set which epoch starts (its augmentation stream depends on it), resumed runs included."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch + 1e-6))  # state.epoch is a float: e.3 mid-epoch on a resume
 
 
 class TeacherInputAdapter:

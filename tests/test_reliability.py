@@ -514,21 +514,17 @@ def test_kd_killed_mid_epoch_resumes_exactly_without_augmentation(tmp_path):
         assert torch.equal(resumed.model.state_dict()[name], value), name
 
 
-def test_kd_killed_mid_epoch_resumes_with_the_same_order_and_within_augmentation_noise(tmp_path):
-    """With random augmentation the resumed steps draw other crops and flips: transformers restores the
-    RNG state only after fetching the first resumed batch, and accelerate's loader fetches one batch
-    ahead, so the draws shift. The rows and their order are the same; the result is then compared with
-    the noise of the augmentation itself: a run whose draws differ at all 12 steps (seed 1, same data
-    order through data_seed) against one whose draws differ at the last 4 only."""
+def test_kd_killed_mid_epoch_resumes_exactly_with_augmentation(tmp_path):
+    """The augmented view of a row is a function of (seed, epoch, row) (`DecodedImageDataset`), not of a
+    global RNG that a resume would have to restore at the right batch, so the resumed steps see the very
+    pixels of the uninterrupted run and end on the same weights."""
     ds = tiny_image_dataset(n=KD_ROWS)
     full, resumed = killed_and_resumed(ds, tmp_path, augment=True)
-    assert [labels for labels, _ in resumed.batches] == [labels for labels, _ in full.batches[8:]]
+    assert resumed.batches == full.batches[8:]  # same rows, same order, same crops and flips
+    assert step_losses(resumed) == step_losses(full)
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
     other_draws = kd_trainer(ds, tmp_path / "seed1", augment=True, seed=1)
     other_draws.train()
     assert [labels for labels, _ in other_draws.batches] == [labels for labels, _ in full.batches]
-
-    def distance(a, b):
-        a, b = a.model.state_dict(), b.model.state_dict()
-        return float(torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
-
-    assert distance(resumed, full) < distance(other_draws, full)
+    assert other_draws.batches != full.batches  # the seed does change the views: the check above can fail

@@ -219,8 +219,9 @@ class DistillationTrainer(Trainer):
         return loss
 
     @torch.no_grad()
-    def teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's logits (B, C) for the student's input `pixel_values` (B, 3, H, W)."""
+    def teacher_logits(self, pixel_values: torch.Tensor, adapt_input: bool = True) -> torch.Tensor:
+        """The frozen teacher's logits (B, C) for the student's input `pixel_values` (B, 3, H, W); with
+        `adapt_input=False`, for a batch already prepared with the teacher's own transform."""
         if self.teacher_model is None:
             raise ValueError(
                 "The batch carries no `teacher_logits` and the trainer has no teacher_model: pass teacher_model=... "
@@ -231,7 +232,11 @@ class DistillationTrainer(Trainer):
         self.teacher_forward_rows += len(pixel_values)
         # DeepSpeed casts the batch to its half precision and turns accelerate's autocast off; the
         # teacher's weights stay float32.
-        x = self._teacher_input(pixel_values.to(_parameter_dtype(self.teacher_model)))
+        x = pixel_values.to(_parameter_dtype(self.teacher_model))
+        if adapt_input:
+            x = self._teacher_input(x)
+        if self.args.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         device_type = x.device.type
         # The teacher's own autocast (off for fp32 overrides the student's), never fp16.
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.teacher_precision == "bf16"):

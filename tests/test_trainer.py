@@ -326,6 +326,24 @@ def test_fsdp_sharded_state_dict_still_saves_a_loadable_student(tmp_path, monkey
     torch.testing.assert_close(loaded(x), student.eval()(x))
 
 
+def test_persistent_workers_see_every_new_epoch(tmp_path, tiny_ds, monkeypatch):
+    """The recipes keep DataLoader workers between epochs; the augmentation stream must still move to the next epoch."""
+    trainer = make_trainer(
+        tmp_path, tiny_ds, num_train_epochs=3, dataloader_num_workers=1, dataloader_persistent_workers=True
+    )
+    epochs = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        if model.training:
+            epochs.append(int(inputs["epoch"][0]))
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_loss", recording)
+    trainer.train()
+    assert epochs == [0] * 4 + [1] * 4 + [2] * 4  # 32 rows, batches of 8
+
+
 # ---- data plumbing ----
 
 
@@ -514,6 +532,10 @@ def test_two_processes(tmp_path):
         assert r["student_wrapped"] == "DistributedDataParallel"
         assert r["global_step"] == 3
         assert r["eval_sizes"] == [30]  # predictions gathered, the sampler's padding dropped
+    # The teacher measured the recipes' way: each rank runs its shard once (16 rows: 15 and the sampler's
+    # padding), the gather drops the padding, both ranks get the same accuracy over the 30 rows.
+    assert [r["teacher_eval_forward_rows"] for r in ranks] == [16, 16]
+    assert ranks[0]["teacher_eval"] == ranks[1]["teacher_eval"] and ranks[0]["teacher_eval"]["rows"] == 30
     # kd / ce logs are reduced over processes: both ranks log the same numbers.
     assert ranks[0]["train_logs"] == ranks[1]["train_logs"]
     assert all("kd_loss" in log and "ce_loss" in log for log in ranks[0]["train_logs"])

@@ -29,7 +29,13 @@ class PrunerConfig:
 
     # Teacher pass
     batch_size: int = field(default=256, metadata={"help": "Teacher-pass batch size per process."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding images in the teacher pass."})
+    num_workers: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "DataLoader workers decoding images in the teacher pass; None: this process's share of the CPU "
+            "cores less one, at most 8 (0 decodes in the main process)."
+        },
+    )
     chunk_size: int = field(
         default=4096,
         metadata={"help": "Rows per cached chunk of the teacher pass (the unit of resumption and of streaming)."},
@@ -149,7 +155,7 @@ class PrunerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("num_workers", "fit_max_iter"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         for name in ("fit_subsample", "policy_subsample"):
             value = getattr(self, name)

@@ -169,6 +169,7 @@ def compute_teacher_outputs(
     precision: str = "fp32",
     accelerator: Optional[Any] = None,
     progress: bool = True,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> TeacherOutputs:
     """Run the teacher once over `dataset` and return its features, logits and the labels.
 
@@ -184,8 +185,7 @@ def compute_teacher_outputs(
     it was written) is named in a warning and computed again.
 
     Args:
-        teacher (`nn.Module`): the teacher; moved to `accelerator.device` when an accelerator is given,
-            otherwise run where its parameters are.
+        teacher (`nn.Module`): the teacher; run on `device` (see below).
         dataset (`datasets.Dataset`): map-style dataset with an image and a label column.
         image_column (`str`, *optional*): image column; None picks the dataset's only `datasets.Image` column.
         label_column (`str`): integer / ClassLabel column, checked against the teacher's `num_classes`.
@@ -203,6 +203,8 @@ def compute_teacher_outputs(
             processes, chunk k is computed by process `k % num_processes`; every process returns the same,
             complete outputs.
         progress (`bool`): show a progress bar (main process only).
+        device (`str` or `torch.device`, *optional*): where the teacher runs (it is moved there); default
+            `accelerator.device`, else where its parameters are.
 
     Returns:
         `TeacherOutputs` with memory-mapped arrays.
@@ -232,7 +234,9 @@ def compute_teacher_outputs(
     process_index = getattr(accelerator, "process_index", 0)
     is_main = process_index == 0
 
-    device = torch.device(accelerator.device) if accelerator is not None else _device_of(teacher)
+    if device is None:
+        device = accelerator.device if accelerator is not None else _device_of(teacher)
+    device = torch.device(device)
     precision = resolve_precision(precision, device)
     identity = _identity(teacher, dataset, transform, image_column, label_column, features_dtype)
     if precision != "fp32":  # fp32 caches keep the key they had before the option existed

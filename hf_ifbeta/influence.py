@@ -27,6 +27,7 @@ so it lies in the complement, which H maps to itself. We therefore solve with th
 unchanged), and well conditioned on the rest.
 """
 
+import contextlib
 import logging
 import mmap
 import time
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 
 from .config import HESSIAN_MODES
 
-__all__ = ["InfluenceOutput", "influence_scores"]
+__all__ = ["InfluenceOutput", "ieee_float32", "influence_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,27 @@ _BLOCK_ELEMENTS = 1 << 22
 # arithmetic, hence every score bit and the kept rows, does not depend on `chunk_size`, which only sets how many
 # rows are read (and held) at once. 1,024 rows keep the matrix products at full speed (ImageNet shapes, measured).
 _BLOCK_ROWS = 1024
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """float32 matrix products in IEEE float32 inside the block, the caller's setting restored after.
+
+    `--tf32` (transformers' `enable_tf32`) or `torch.set_float32_matmul_precision("high")` put float32 products
+    on TF32 (CUDA) or reduced-precision kernels (oneDNN), 10 mantissa bits: the float32 solves and
+    hypergradients here need the full 23. Set through the per-backend API, which reads back whichever API
+    the caller used; a value equal to the parent backend's was inherited and is restored as inherited
+    ("none"), so a later global setting still reaches it.
+    """
+    pairs = ((torch.backends.cuda.matmul, torch.backends.cudnn), (torch.backends.mkldnn.matmul, torch.backends.mkldnn))
+    saved = ["none" if op.fp32_precision == parent.fp32_precision else op.fp32_precision for op, parent in pairs]
+    for op, _ in pairs:
+        op.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for (op, _), value in zip(pairs, saved):
+            op.fp32_precision = value
 
 
 @dataclass
@@ -700,6 +722,7 @@ def influence_scores(
             block); bounds peak memory and does not change any result.
         seed (`int`): seed of `fit_subsample`.
         device (`str` or `torch.device`, *optional*): compute device; default CUDA when available, else CPU.
+            Float32 products run in IEEE float32 whatever the TF32 setting (`ieee_float32`).
 
     Returns:
         [`InfluenceOutput`]
@@ -710,6 +733,19 @@ def influence_scores(
     >>> keep = np.argsort(-out.scores)[: len(out.scores) // 2]  # the most helpful half
     ```
     """
+    with ieee_float32():
+        return _influence_scores(
+            features, logits, labels, val_indices, alpha=alpha, temperature=temperature, l2=l2,
+            standardize=standardize, hessian=hessian, exact_max_params=exact_max_params, cg_max_iter=cg_max_iter,
+            cg_tol=cg_tol, fit_max_iter=fit_max_iter, fit_subsample=fit_subsample, init_head=init_head,
+            self_influence=self_influence, chunk_size=chunk_size, seed=seed, device=device, cross_fit=cross_fit,
+        )  # fmt: skip
+
+
+def _influence_scores(
+    features, logits, labels, val_indices, *, alpha, temperature, l2, standardize, hessian, exact_max_params,
+    cg_max_iter, cg_tol, fit_max_iter, fit_subsample, init_head, self_influence, chunk_size, seed, device, cross_fit,
+) -> InfluenceOutput:  # fmt: skip
     timings: Dict[str, float] = {}
     clock = time.perf_counter()
     features, logits, labels, val = _check_inputs(

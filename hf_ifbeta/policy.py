@@ -576,7 +576,8 @@ def learn_beta_policy(
             for CIFAR-10-sized inputs; 10,000 costs about 6x more.
         stratify (`bool`): per-class budgets.
         seed (`int`): seed of the subsamples and of the discrete checks.
-        device: torch device of the inner fits.
+        device: torch device of the inner fits (default CPU). Float32 products run in IEEE float32 whatever the
+            TF32 setting (`hf_ifbeta.influence.ieee_float32`).
         val_subsample (`int`, *optional*): cap on the validation rows used (stratified); None = all.
         eval_seeds (`int`): discrete subsets per policy in the final check.
         max_ab (`float`): the outer search stays in a, b in [max(0.1, 1 / max_ab), max_ab]. 50 lets the policy reach
@@ -595,19 +596,22 @@ def learn_beta_policy(
     >>> kept = result.policy.select(u, 0.5, labels, seed=0)  # sorted ids of the kept rows, as if-beta does
     ```
     """
+    from .influence import ieee_float32
+
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}.")
         torch.set_num_threads(num_threads)
     try:
-        return _learn_beta_policy(
-            features, logits, labels, u, ratio, val_indices,
-            alpha=alpha, temperature=temperature, l2=l2, outer_steps=outer_steps, outer_lr=outer_lr,
-            inner_epochs=inner_epochs, inner_batch_size=inner_batch_size, inner_lr=inner_lr,
-            subsample=subsample, stratify=stratify, seed=seed, device=device,
-            val_subsample=val_subsample, eval_seeds=eval_seeds, max_ab=max_ab,
-        )  # fmt: skip
+        with ieee_float32():  # the float32 inner fits and tangents, whatever the TF32 setting
+            return _learn_beta_policy(
+                features, logits, labels, u, ratio, val_indices,
+                alpha=alpha, temperature=temperature, l2=l2, outer_steps=outer_steps, outer_lr=outer_lr,
+                inner_epochs=inner_epochs, inner_batch_size=inner_batch_size, inner_lr=inner_lr,
+                subsample=subsample, stratify=stratify, seed=seed, device=device,
+                val_subsample=val_subsample, eval_seeds=eval_seeds, max_ab=max_ab,
+            )  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
 

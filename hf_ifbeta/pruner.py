@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Union
 
 import datasets
 import numpy as np
+import torch
 import torch.nn as nn
 
 from . import __version__
@@ -25,9 +26,40 @@ from .models import load_model
 from .policy import check_ratio
 from .scorers import ScoringContext, Selection, get_method
 
-__all__ = ["DatasetPruner", "PruningResult", "validation_split"]
+__all__ = ["DatasetPruner", "PruningResult", "resolve_device", "validation_split"]
 
 RESULT_FILE = "pruning_result.json"
+
+
+def resolve_device(device: Optional[Union[str, torch.device]] = None, accelerator: Any = None) -> torch.device:
+    """The one device of every pruning stage: `device` when given, else `accelerator.device`, else CUDA when
+    available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if getattr(accelerator, "device", None) is not None:
+        return torch.device(accelerator.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def from_main_process(obj: Any, accelerator: Any = None) -> Any:
+    """`obj` as the main process has it, on every process: a collective when several processes run.
+
+    The processes are those of `accelerator` (an `Accelerator` or `PartialState`), else of the initialised
+    `torch.distributed` process group (`torchrun`, `accelerate launch`); one process returns `obj` unchanged.
+    """
+    if accelerator is None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return obj
+        from accelerate import PartialState
+
+        accelerator = PartialState()
+    if getattr(accelerator, "num_processes", 1) <= 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
 
 
 def validation_split(labels: np.ndarray, fraction: float, max_per_class: int, seed: int) -> np.ndarray:
@@ -80,6 +112,7 @@ class PruningResult:
     extra_scores: Dict[str, np.ndarray] = field(default_factory=dict)
     _outputs: Optional[TeacherOutputs] = field(default=None, repr=False, compare=False)
     _context: Optional[ScoringContext] = field(default=None, repr=False, compare=False)
+    _accelerator: Any = field(default=None, repr=False, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -95,16 +128,20 @@ class PruningResult:
 
         Returns:
             `np.ndarray`: sorted row ids of the `round((1 - ratio) * n)` kept rows; also stored in `self.indices`.
+
+        With several processes (the pruner's accelerator, or an initialised `torch.distributed` group) every
+        process must call this: each selects, then all keep the main process's rows and policy, so that ranks
+        whose devices round differently never train on different subsets.
         """
         ratio = check_ratio(ratio)
         seed = self.config["seed"] if seed is None else int(seed)
         method = get_method(self.method)
         t0 = time.perf_counter()
         selection: Selection = method.select(self._teacher_outputs(), self.scores, ratio, self._scoring_context(), seed)
+        indices = np.asarray(selection.indices, dtype=np.int64)
+        self.indices, self.policy = from_main_process((indices, selection.policy), self._accelerator)
         self.timings["selection_s"] = time.perf_counter() - t0
         self.ratio, self.seed = ratio, seed
-        self.indices = np.asarray(selection.indices, dtype=np.int64)
-        self.policy = selection.policy
         return self.indices
 
     def select(self, dataset: datasets.Dataset, ratio: Optional[float] = None, seed: Optional[int] = None) -> datasets.Dataset:
@@ -169,9 +206,9 @@ class PruningResult:
     def _scoring_context(self) -> ScoringContext:
         if self._context is None:
             # A loaded result keeps its scores, so re-selection works without the influence output.
-            influence = None
             self._context = ScoringContext(
-                config=PrunerConfig(**self.config), val_indices=self.val_indices, influence=influence
+                config=PrunerConfig(**self.config), val_indices=self.val_indices, influence=None,
+                device=str(resolve_device(None, self._accelerator)),
             )
         return self._context
 
@@ -301,9 +338,10 @@ class DatasetPruner:
             name, a Hub id (`"timm/resnet50.a1_in1k"`) or a local folder.
         config (`PrunerConfig`, *optional*): all settings; keyword arguments override its fields.
         accelerator (`accelerate.Accelerator` or `PartialState`, *optional*): shards the teacher pass
-            over processes, and puts each process's influence and policy computations on its own
-            `accelerator.device` (without one: influence on CUDA when available, the policy on CPU).
-            Every process gets the main process's scores and kept rows.
+            over processes. Every process gets the main process's scores and kept rows.
+        device (`str` or `torch.device`, *optional*): where every stage runs (teacher pass, influence, policy,
+            baselines); default `accelerator.device`, else CUDA when available, else CPU. Recorded in the
+            result's `provenance["device"]`.
         kwargs: `PrunerConfig` fields, e.g. `image_column="img"`, `method="random"`, `seed=1`.
 
     Example:
@@ -324,6 +362,7 @@ class DatasetPruner:
         teacher: Union[nn.Module, str],
         config: Optional[PrunerConfig] = None,
         accelerator=None,
+        device: Optional[Union[str, torch.device]] = None,
         **kwargs,
     ):
         config = config or PrunerConfig()
@@ -334,8 +373,7 @@ class DatasetPruner:
         self.teacher_name = teacher if isinstance(teacher, str) else _teacher_name(teacher)
         self.teacher = load_model(teacher).eval()
         self.accelerator = accelerator
-        # Where the work after the teacher pass runs; None leaves each step's default.
-        self.device = getattr(accelerator, "device", None)
+        self.device = resolve_device(device, accelerator)
         self.method = get_method(self.config.method)
         self.last_result: Optional[PruningResult] = None
 
@@ -348,13 +386,22 @@ class DatasetPruner:
             c.image_column,
             c.label_column,
             batch_size=c.batch_size,
-            num_workers=c.num_workers,
+            num_workers=c.num_workers if c.num_workers is not None else self._num_workers(len(dataset)),
             chunk_size=c.chunk_size,
             cache_dir=c.cache_dir,
             features_dtype=c.features_dtype,
             precision=c.teacher_precision,
             accelerator=self.accelerator,
+            device=self.device,
         )
+
+    def _num_workers(self, num_rows: int) -> int:
+        """Decoding workers of the teacher pass: this process's share of the CPU cores less one (which runs the
+        forward), at most 8 and at most the process's batches."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", getattr(self.accelerator, "num_processes", 1)))
+        batches = -(-num_rows // (self.config.batch_size * getattr(self.accelerator, "num_processes", 1)))
+        return max(0, min(8, cores // max(local, 1) - 1, batches))
 
     def score(self, dataset: datasets.Dataset) -> PruningResult:
         """Teacher pass + scores for every row; select afterwards at any ratio with `result.select(ds, ratio)`."""
@@ -369,9 +416,9 @@ class DatasetPruner:
         if getattr(self.method, "needs_influence", False):
             influence = self._influence(outputs, val_indices)
         context = ScoringContext(
-            config=self.config, val_indices=val_indices, influence=influence, device=self.device
+            config=self.config, val_indices=val_indices, influence=influence, device=str(self.device)
         )
-        scores = self._from_main_process(np.asarray(self.method.score(outputs, context), dtype=np.float64))
+        scores = from_main_process(np.asarray(self.method.score(outputs, context), dtype=np.float64), self.accelerator)
         t2 = time.perf_counter()
         extra = {}
         if influence is not None and influence.self_influence is not None:
@@ -387,6 +434,7 @@ class DatasetPruner:
             extra_scores=extra,
             _outputs=outputs,
             _context=context,
+            _accelerator=self.accelerator,
         )
         if influence is not None:
             result.provenance["influence"] = to_jsonable(influence.info)
@@ -408,18 +456,8 @@ class DatasetPruner:
         check_dataset(dataset)  # fail before the teacher pass
         check_ratio(ratio)
         result = self.score(dataset)
-        result.select_indices(ratio, seed)
-        result.indices, result.policy = self._from_main_process((result.indices, result.policy))
+        result.select_indices(ratio, seed)  # the main process's rows on every process
         return result.select(dataset)
-
-    def _from_main_process(self, obj):
-        """`obj` as the main process computed it, on every process: one subset for all of them, whatever the
-        rounding of each process's device. A collective: `score` and `prune` run on every process anyway."""
-        if getattr(self.accelerator, "num_processes", 1) <= 1:
-            return obj
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([obj], from_process=0)[0]
 
     def _check_classes(self, dataset: datasets.Dataset) -> None:
         feature = dataset.features.get(self.config.label_column) if dataset.features else None
@@ -473,6 +511,7 @@ class DatasetPruner:
             "num_classes": outputs.num_classes,
             "num_features": outputs.num_features,
             "teacher_outputs_dir": outputs.meta.get("cache_path"),
+            "device": str(self.device),
             "hf_ifbeta_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

@@ -68,7 +68,8 @@ class ScoringContext:
         val_indices (`np.ndarray`): (n_val,) row ids of the validation slice V held out from the training rows.
         influence (`InfluenceOutput`, *optional*): influence scores, computed once by the pruner when the
             method has `needs_influence` (with self-influence when `method.needs_self_influence(config)`).
-        device (`str`, *optional*): torch device for methods that train something (the if-beta policy).
+        device (`str`, *optional*): the pruner's one device (`DatasetPruner.device`), for methods that compute
+            with torch (the if-beta policy).
     """
 
     config: "PrunerConfig"

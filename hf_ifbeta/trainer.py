@@ -1,8 +1,9 @@
 """`DistillationTrainer`: knowledge distillation of image classifiers with `transformers.Trainer`.
 
-The student is the Trainer's model (optimised, checkpointed, wrapped for DDP); the teacher is a
-frozen passenger: on every process's device, in eval mode, without gradients, run under the same
-autocast as the student, never saved. Both may be timm models (`model(x) -> logits`) or
+The student is the Trainer's model (optimised, checkpointed, wrapped for DDP, FSDP or DeepSpeed); the
+teacher is a frozen passenger: on every process's device, in eval mode, without gradients, in its own
+precision (float32 weights; bf16 autocast under `--bf16`, and under `--fp16` where the device computes
+bf16 natively), never wrapped and never saved. Both may be timm models (`model(x) -> logits`) or
 transformers image classifiers (`model(pixel_values=x).logits`).
 """
 
@@ -20,6 +21,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .config import DistillationTrainingArguments
 from .data import DistillationCollator, model_data_config
+from .features import resolve_precision
 from .losses import kd_loss
 
 __all__ = ["DistillationTrainer", "TeacherInputAdapter", "accuracy_metrics"]
@@ -58,6 +60,11 @@ class DistillationTrainer(Trainer):
     differs from the teacher's input size it is resized (the teacher's interpolation). Models
     without a timm data config (e.g. transformers models) feed the teacher unchanged unless
     `student_data_config` / `teacher_data_config` say otherwise.
+
+    The teacher runs in bf16 autocast under `bf16=True`; under `fp16=True` in bf16 where the device
+    computes it natively and in float32 elsewhere, never in fp16 (whose range some teachers' activations
+    overflow). Its input is cast to its weights' dtype, since DeepSpeed hands the batch over in its own
+    half precision. Its logits are checked to be finite on the first batch.
 
     The training logs carry `kd_loss` and `ce_loss`, the unweighted parts of `loss`, averaged over
     the logging interval and over processes. Evaluation reports `eval_loss` (the KD loss) and, by
@@ -146,6 +153,8 @@ class DistillationTrainer(Trainer):
         self.teacher_model = teacher_model
         self._teacher_keyword = False
         self._teacher_input = None
+        self.teacher_precision = teacher_precision(args, device)
+        self._teacher_checked = False  # its logits are checked for NaN / inf once, on the first batch
         if teacher_model is not None:
             # Not an attribute of the student: stays out of the optimizer, DDP and checkpoints.
             self.teacher_model = teacher_model.to(device).eval().requires_grad_(False)
@@ -213,8 +222,9 @@ class DistillationTrainer(Trainer):
         return loss
 
     @torch.no_grad()
-    def teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's logits (B, C) for the student's input `pixel_values` (B, 3, H, W)."""
+    def teacher_logits(self, pixel_values: torch.Tensor, adapt_input: bool = True) -> torch.Tensor:
+        """The frozen teacher's logits (B, C) for the student's input `pixel_values` (B, 3, H, W); with
+        `adapt_input=False`, for a batch already prepared with the teacher's own transform."""
         if self.teacher_model is None:
             raise ValueError(
                 "The batch carries no `teacher_logits` and the trainer has no teacher_model: pass teacher_model=... "
@@ -223,9 +233,31 @@ class DistillationTrainer(Trainer):
         if self.teacher_model.training:  # someone switched it back; BatchNorm statistics must not move
             self.teacher_model.eval()
         self.teacher_forward_rows += len(pixel_values)
-        x = self._teacher_input(pixel_values)
-        with self.accelerator.autocast():
-            return _forward_logits(self.teacher_model, x, self._teacher_keyword)
+        # DeepSpeed casts the batch to its half precision and turns accelerate's autocast off; the
+        # teacher's weights stay float32.
+        x = pixel_values.to(_parameter_dtype(self.teacher_model))
+        if adapt_input:
+            x = self._teacher_input(x)
+        if self.args.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        device_type = x.device.type
+        # The teacher's own autocast (off for fp32 overrides the student's), never fp16.
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.teacher_precision == "bf16"):
+            logits = _forward_logits(self.teacher_model, x, self._teacher_keyword)
+        if not self._teacher_checked:
+            self._check_teacher_logits(logits)
+        return logits
+
+    def _check_teacher_logits(self, logits: torch.Tensor) -> None:
+        finite = torch.isfinite(logits).all(dim=-1)  # (B,)
+        if not bool(finite.all()):
+            row = int((~finite).nonzero()[0])
+            raise ValueError(
+                f"The teacher's logits are NaN or infinite (row {row} of the first batch, {int((~finite).sum())} of "
+                f"{len(finite)} rows; teacher run in {self.teacher_precision}, input dtype {logits.dtype}). Check the "
+                "teacher's weights and that the batch is normalised as its data config says."
+            )
+        self._teacher_checked = True
 
     def _pixels(self, inputs: Dict[str, Any]) -> torch.Tensor:
         pixel_values = inputs["pixel_values"]
@@ -251,7 +283,7 @@ class DistillationTrainer(Trainer):
         identity = {
             "teacher": state_dict_digest(self.teacher_model),
             "teacher_input": repr(self._teacher_input),
-            "precision": "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32",
+            "precision": self.teacher_precision,
             "data": train_dataset.augmentation_identity(),
         }
         root = self.args.teacher_logit_cache_dir or default_cache_dir() / "teacher_logits"
@@ -283,12 +315,26 @@ class DistillationTrainer(Trainer):
 
     # ---- saving and sharing ----
 
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Save as transformers does, except under FSDP with a sharded or local state dict (accelerate's
+        default): transformers then writes no weights file, so the full state dict is gathered (a
+        collective: every process calls `save_model`, as the Trainer does) and saved as `model.safetensors`."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if not self.is_fsdp_enabled or plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[Dict] = None) -> None:
         """Save as transformers does, plus timm's `config.json` for a timm student, so that the folder (and a
         pushed repo) loads with `timm.create_model("local-dir:<folder>")` / `"hf-hub:<repo>"`."""
-        if state_dict is None and self.args.channels_last:
+        if self.args.channels_last:
             # safetensors stores contiguous tensors only; channels_last conv weights are not.
-            state_dict = {k: v.contiguous() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
+            if state_dict is None:
+                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+            state_dict = {k: v.contiguous() for k, v in state_dict.items()}
         super()._save(output_dir, state_dict)
         student = self.accelerator.unwrap_model(self.model)
         if _is_timm_model(student) and self.args.should_save:
@@ -460,6 +506,24 @@ class TeacherInputAdapter:
         if self.scale is not None:
             x = x * self.scale.to(x) + self.shift.to(x)
         return x
+
+
+def teacher_precision(args: DistillationTrainingArguments, device: torch.device) -> str:
+    """How the teacher runs: "bf16" under `args.bf16`; under `args.fp16` "bf16" where `device` computes it natively,
+    else "fp32"; "fp32" otherwise."""
+    if args.bf16:
+        return "bf16"
+    if args.fp16:
+        return resolve_precision("auto", torch.device(device))
+    return "fp32"
+
+
+def _parameter_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 when it has none)."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
 
 
 def _data_config(model: nn.Module, override: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:

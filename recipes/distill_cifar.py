@@ -9,21 +9,24 @@ Local data and checkpoints (as in ../shared), one process:
         --num_train_epochs 15 --output_dir out/cifar10-r0.5
 
 From the Hub, on several GPUs: `accelerate launch recipes/distill_cifar.py --dataset uoft-cs/cifar10 ...`.
-`--help` lists every flag: the recipe's own, `DistillationTrainingArguments`, and `PrunerConfig`
-(e.g. `--outer_steps`, `--l2`).
+The learning rate is 0.1 per process's batch of 128 images: on N processes the run uses N x 0.1 for the
+N x 128-image global batch (`--scale_lr`), and the policy's inner fit takes the same global batch and
+epochs (`--tie_policy_budget`). `--help` lists every flag: the recipe's own, `DistillationTrainingArguments`,
+and `PrunerConfig` (e.g. `--outer_steps`, `--l2`).
 """
 
 import sys
 
 from pipeline import parse_args, run
 
-# BENCHMARK.md: SGD nesterov momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, cosine schedule.
+# BENCHMARK.md: SGD nesterov momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, cosine schedule (the lr is per
+# process's batch: scaled with the number of processes by the pipeline).
 CIFAR_DEFAULTS = dict(
     output_dir="out/distill_cifar", teacher="cifar10_resnet56", student="cifar10_resnet20", eval_split="test",
     learning_rate=0.1, weight_decay=5e-4, optim="sgd", optim_args="momentum=0.9,nesterov=True",
     lr_scheduler_type="cosine", num_train_epochs=15, per_device_train_batch_size=128,
     per_device_eval_batch_size=512, eval_strategy="epoch", save_strategy="no", logging_steps=50,
-    report_to="none", dataloader_num_workers=1,
+    report_to="none", dataloader_num_workers=1, dataloader_persistent_workers=True,
 )
 
 

@@ -4,6 +4,11 @@
 2. prune the training split with the teacher (`DatasetPruner`, any method of the registry);
 3. distil the student on the kept rows (`DistillationTrainer`, the teacher online);
 4. evaluate student and teacher on the eval split, write `results.json`, push when asked.
+
+On N processes the global batch is N x `--per_device_train_batch_size` x `--gradient_accumulation_steps`, so
+`--learning_rate` (the rate for one process's batch) is multiplied by N (`--scale_lr`, on by default), and the
+policy's inner proxy fit gets the student's budget: `inner_batch_size` = the global batch, `inner_epochs` =
+`--num_train_epochs` (`--tie_policy_budget`, on by default).
 """
 
 import json
@@ -47,6 +52,22 @@ class RecipeArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate on the first N test rows."})
     push_subset_to: Optional[str] = field(default=None, metadata={"help": "Hub dataset repo to push the pruned subset to."})
     report: bool = field(default=False, metadata={"help": "Write pruning/report.html: what was kept, to open in a browser (needs matplotlib)."})
+    scale_lr: bool = field(
+        default=True,
+        metadata={
+            "help": "Multiply --learning_rate by the number of processes: it is the rate for one process's batch "
+            "(per_device_train_batch_size x gradient_accumulation_steps images), and N processes make the global batch "
+            "N times larger (the linear scaling rule). --no_scale_lr uses --learning_rate as given."
+        },
+    )
+    tie_policy_budget: bool = field(
+        default=True,
+        metadata={
+            "help": "Give the policy's inner proxy fit the student's budget: --inner_batch_size = the global batch "
+            "(per device x processes x accumulation), --inner_epochs = --num_train_epochs. --no_tie_policy_budget "
+            "keeps the pruner flags as given."
+        },
+    )
 
 
 def parse_args(argv=None, pruner_defaults=None, **defaults):
@@ -95,9 +116,41 @@ def load_splits(args: RecipeArguments):
     return train, test
 
 
+def scale_to_world_size(args: RecipeArguments, pruner_config: PrunerConfig, training_args: DistillationTrainingArguments):
+    """Learning rate and policy budget for this run's global batch (see `--scale_lr`, `--tie_policy_budget`)."""
+    world_size = training_args.world_size
+    global_batch = training_args.per_device_train_batch_size * world_size * training_args.gradient_accumulation_steps
+    if args.scale_lr:
+        training_args.learning_rate *= world_size
+    if args.tie_policy_budget:
+        pruner_config.inner_batch_size = global_batch
+        pruner_config.inner_epochs = float(training_args.num_train_epochs)
+    # Persistent workers keep their decoders between epochs; torch refuses them without workers.
+    training_args.dataloader_persistent_workers &= training_args.dataloader_num_workers > 0
+    return global_batch
+
+
+def teacher_accuracy(trainer: DistillationTrainer, dataset) -> dict:
+    """Top-1 accuracy of the trainer's teacher on `dataset` (prepared with the teacher's own eval transform).
+
+    A no-grad loop over an evaluation dataloader sharded over the processes, predictions gathered with the
+    sampler's padding dropped. Not a second trainer's `evaluate()`: that would make the teacher a student
+    (FSDP wraps it, DeepSpeed builds an engine for it that ZeRO-1/2 cannot evaluate) and, with the same
+    module as teacher, run it twice per batch.
+    """
+    correct, rows = 0, 0
+    for batch in trainer.get_test_dataloader(dataset):
+        predictions = trainer.teacher_logits(batch["pixel_values"], adapt_input=False).argmax(-1)
+        predictions, labels = trainer.accelerator.gather_for_metrics((predictions, batch["labels"]))
+        correct += int((predictions == labels).sum())
+        rows += len(labels)
+    return {"accuracy": correct / rows, "rows": rows}
+
+
 def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: DistillationTrainingArguments):
     """Prune, distil, evaluate student and teacher, write `results.json` (and push when asked)."""
     torch.manual_seed(training_args.seed)
+    global_batch = scale_to_world_size(args, pruner_config, training_args)
 
     # 1. Data and models.
     train, test = load_splits(args)
@@ -144,10 +197,9 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
     kd_time = time.perf_counter() - t1
     student_metrics = trainer.evaluate()
     # The teacher's own accuracy on the same test rows, with its own eval transform.
-    teacher_metrics = DistillationTrainer(
-        model=teacher, teacher_model=teacher, args=training_args,
-        eval_dataset=prepare_image_dataset(test, teacher, image_column, args.label_column, train=False),
-    ).evaluate()
+    teacher_metrics = teacher_accuracy(
+        trainer, prepare_image_dataset(test, teacher, image_column, args.label_column, train=False)
+    )
 
     # 4. Report (and share).
     summary = {
@@ -161,8 +213,12 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
         "prune_time_s": round(prune_time, 1),
         "kd_time_s": round(kd_time, 1),
         "epochs": training_args.num_train_epochs,
+        "world_size": training_args.world_size,
+        "global_batch_size": global_batch,
+        "learning_rate": training_args.learning_rate,
+        "policy_inner_budget": {"inner_batch_size": pruner_config.inner_batch_size, "inner_epochs": pruner_config.inner_epochs},
         "student_test_accuracy": student_metrics.get("eval_accuracy"),
-        "teacher_test_accuracy": teacher_metrics.get("eval_accuracy"),
+        "teacher_test_accuracy": teacher_metrics["accuracy"],
     }
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)

@@ -364,6 +364,32 @@ def test_output_contract():
     assert (with_self.self_influence >= 0).all()
 
 
+def test_tf32_is_off_inside_and_restored_after(monkeypatch):
+    """`--tf32` (transformers sets `torch.backends.fp32_precision = "tf32"`) must not reach the float32 solve."""
+    import hf_ifbeta.influence as influence
+
+    h, z, y, _ = make_problem(n=200, d=4, seed=15)
+    seen = []
+    solve = influence._solve_head
+
+    def spy(*args, **kwargs):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision))
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(influence, "_solve_head", spy)
+    previous = torch.backends.fp32_precision
+    torch.backends.fp32_precision = "tf32"
+    try:
+        influence_scores(h, z, y, np.arange(0, 200, 5), hessian="kfac")
+        after = (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
+        torch.backends.fp32_precision = "ieee"  # inherited again after the block: a later global setting reaches it
+        later = (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
+    finally:
+        torch.backends.fp32_precision = previous
+    assert seen == [("ieee", "ieee")]
+    assert after == ("tf32", "tf32") and later == ("ieee", "ieee")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     h, z, y, _ = make_problem(n=400, d=8, num_classes=4, seed=14)

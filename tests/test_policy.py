@@ -353,6 +353,28 @@ def test_falls_back_to_uniform_when_the_learned_policy_loses(monkeypatch):
     assert result.fell_back_to_uniform and result.policy == BetaPolicy(1.0, 1.0)
 
 
+def test_tf32_is_off_while_learning(monkeypatch):
+    """`--tf32` set before pruning must not put the float32 inner fits and hypergradients on TF32."""
+    x, z, y, _ = blobs(n=400, num_classes=3, seed=6)
+    u = rank_positions(teacher_confidence(z, y), y)
+    seen = []
+    hypergradient = PolicyObjective.hypergradient
+
+    def spy(self, log_ab):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision))
+        return hypergradient(self, log_ab)
+
+    monkeypatch.setattr(PolicyObjective, "hypergradient", spy)
+    previous = torch.backends.fp32_precision
+    torch.backends.fp32_precision = "tf32"
+    try:
+        learn_beta_policy(x, z, y, u, 0.5, np.arange(300, 400), outer_steps=2, subsample=200, eval_seeds=1)
+        after = torch.backends.cuda.matmul.fp32_precision
+    finally:
+        torch.backends.fp32_precision = previous
+    assert seen == [("ieee", "ieee")] * 2 and after == "tf32"
+
+
 def test_learn_beta_policy_bad_inputs():
     x, z, y, _ = blobs(n=200, num_classes=3, seed=0)
     u = rank_positions(teacher_confidence(z, y), y)

@@ -1,3 +1,9 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pytest
@@ -6,9 +12,11 @@ import torch
 
 import hf_ifbeta  # noqa: F401
 from hf_ifbeta import DatasetPruner, PrunerConfig, PruningResult
-from hf_ifbeta.pruner import validation_split
+from hf_ifbeta.pruner import resolve_device, validation_split
 
 from factories import tiny_image_dataset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +135,79 @@ def test_labels_outside_teacher_classes_name_the_row(make_pruner, tiny_ds):
     ds = tiny_ds.cast_column("label", datasets.Value("int64")).remove_columns("label").add_column("label", labels)
     with pytest.raises(ValueError, match="Row 17"):
         make_pruner().prune(ds, ratio=0.3)
+
+
+def test_one_device_rule():
+    state = type("State", (), {"device": torch.device("cpu")})()
+    assert resolve_device("cpu", state) == torch.device("cpu")
+    assert resolve_device(None, state) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device() == torch.device(expected)
+
+
+def test_every_stage_runs_on_the_resolved_device(make_pruner, tiny_ds, monkeypatch, tmp_path):
+    """On a CUDA machine (faked: each stage records the device it is handed, then runs on the CPU) the teacher pass,
+    influence and policy all get CUDA, and so does the policy of a result loaded from disk."""
+    import hf_ifbeta.influence
+    import hf_ifbeta.policy_scale
+    import hf_ifbeta.pruner
+
+    seen = []
+
+    def spy(stage, function):
+        def run(*args, **kwargs):
+            seen.append((stage, str(kwargs.get("device"))))
+            return function(*args, **{**kwargs, "device": "cpu"})
+
+        return run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hf_ifbeta.pruner, "compute_teacher_outputs", spy("teacher pass", hf_ifbeta.pruner.compute_teacher_outputs))
+    monkeypatch.setattr(hf_ifbeta.influence, "influence_scores", spy("influence", hf_ifbeta.influence.influence_scores))
+    policy = hf_ifbeta.policy_scale.learn_beta_policy_at_scale
+    monkeypatch.setattr(hf_ifbeta.policy_scale, "learn_beta_policy_at_scale", spy("policy", policy))
+    pruner = make_pruner(method="if-beta")
+    pruner.prune(tiny_ds, ratio=0.5)
+    assert seen == [("teacher pass", "cuda"), ("influence", "cuda"), ("policy", "cuda")]
+    assert pruner.last_result.provenance["device"] == "cuda"
+
+    pruner.last_result.save(tmp_path / "result")
+    seen.clear()
+    PruningResult.load(tmp_path / "result").select_indices(0.3)
+    assert seen == [("policy", "cuda")]
+    assert make_pruner(device="cpu").device == torch.device("cpu")  # an explicit device wins
+
+
+def test_teacher_pass_workers_follow_the_cpu_count(make_pruner, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    pruner = make_pruner(batch_size=10)
+    assert pruner.config.num_workers is None
+    assert pruner._num_workers(10_000) == 8  # 15 free cores, capped at 8
+    assert pruner._num_workers(25) == 3  # no more workers than batches
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 processes on this node share the cores
+    assert pruner._num_workers(10_000) == 3
+    assert make_pruner(num_workers=0).config.num_workers == 0
+
+
+@pytest.mark.slow
+def test_two_processes_keep_the_same_rows(tmp_path):
+    """Process 1's scores are reversed before it selects again: alone it would keep other rows; synchronised, both
+    processes keep the main process's rows and policy, from the pruner's result and from a loaded one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "tests" / "scripts" / "prune_2proc.py"), "--out", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert first["world_size"] == second["world_size"] == 2
+    assert torch.device(first["device"]).type == torch.device(second["device"]).type == "cpu"
+    for key in ("pruned_row_ids", "prune", "policy", "reselect", "loaded", "loaded_policy"):
+        assert first[key] == second[key], key
+    assert len(first["reselect"]) == 60 and first["reselect"] == first["prune"]
+    assert second["alone"] != second["reselect"]  # without the broadcast the ranks would disagree
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ RECIPES = ROOT / "recipes"
 
 
 def run_recipe(args, launcher=(sys.executable,), timeout=600):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: the recipe imports this checkout's package, not whichever copy is installed.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([*launcher, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"recipe failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
@@ -28,9 +29,81 @@ def run_recipe(args, launcher=(sys.executable,), timeout=600):
 
 def test_help_explains_every_flag():
     proc = run_recipe([RECIPES / "distill_cifar.py", "--help"])
-    for flag in ("--prune_ratio", "--teacher_checkpoint", "--alpha", "--temperature", "--outer_steps", "--l2", "--num_train_epochs"):
+    flags = ("--prune_ratio", "--teacher_checkpoint", "--alpha", "--temperature", "--outer_steps", "--l2", "--num_train_epochs",
+             "--scale_lr", "--tie_policy_budget")  # fmt: skip
+    for flag in flags:
         assert flag in proc.stdout
     assert "Fraction of the training rows to remove" in proc.stdout  # flags carry their help text
+    assert "Multiply --learning_rate by the number of processes" in proc.stdout
+
+
+@pytest.fixture
+def pipeline():
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import pipeline
+
+        yield pipeline
+    finally:
+        sys.path.remove(str(RECIPES))
+
+
+@pytest.mark.parametrize("world_size", [1, 4])
+def test_learning_rate_and_policy_budget_follow_the_world_size(pipeline, monkeypatch, tmp_path, world_size):
+    import distill_cifar
+    import distill_imagenet
+
+    from hf_ifbeta import DistillationTrainingArguments
+
+    monkeypatch.setattr(DistillationTrainingArguments, "world_size", property(lambda self: world_size))
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    args, pruner_config, training_args = pipeline.parse_args(common, **distill_cifar.CIFAR_DEFAULTS)
+    assert pipeline.scale_to_world_size(args, pruner_config, training_args) == 128 * world_size
+    assert training_args.learning_rate == pytest.approx(0.1 * world_size)
+    assert (pruner_config.inner_batch_size, pruner_config.inner_epochs) == (128 * world_size, 15.0)
+    assert training_args.dataloader_persistent_workers  # one decoding worker, kept between epochs
+
+    argv = [*common, "--no_scale_lr", "--no_tie_policy_budget", "--inner_epochs", "3", "--gradient_accumulation_steps", "2",
+            "--dataloader_num_workers", "0"]  # fmt: skip
+    args, pruner_config, training_args = pipeline.parse_args(argv, **distill_cifar.CIFAR_DEFAULTS)
+    assert pipeline.scale_to_world_size(args, pruner_config, training_args) == 256 * world_size
+    assert training_args.learning_rate == 0.1 and (pruner_config.inner_batch_size, pruner_config.inner_epochs) == (128, 3.0)
+    assert not training_args.dataloader_persistent_workers  # torch refuses them without workers
+
+    # ImageNet: 0.1 per 256 images, the fit subsample docs/scale.md asks for.
+    args, pruner_config, training_args = pipeline.parse_args(
+        common, pruner_defaults=distill_imagenet.IMAGENET_PRUNER_DEFAULTS, **distill_imagenet.IMAGENET_DEFAULTS
+    )
+    pipeline.scale_to_world_size(args, pruner_config, training_args)
+    assert training_args.learning_rate == pytest.approx(0.1 * world_size)
+    assert (pruner_config.inner_batch_size, pruner_config.inner_epochs) == (256 * world_size, 100.0)
+    assert pruner_config.fit_subsample == 32_768 and pruner_config.num_workers == 8
+
+
+def test_teacher_accuracy_is_one_plain_pass(pipeline, tmp_path):
+    """The teacher is measured by a no-grad loop on the trainer's own teacher: once per row, with its own transform."""
+    import datasets
+
+    from hf_ifbeta import DistillationTrainer, DistillationTrainingArguments
+    from hf_ifbeta.data import prepare_image_dataset
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(21)]
+    ds = datasets.Dataset.from_dict({"img": images, "label": rng.integers(0, 10, 21).tolist()})
+    ds = ds.cast_column("img", datasets.Image())
+    torch.manual_seed(0)
+    student = timm.create_model("cifar10_resnet20")
+    teacher = timm.create_model("cifar10_resnet20").eval()
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, use_cpu=True, report_to="none")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    trainer.teacher_forward_rows = 0
+    eval_ds = prepare_image_dataset(ds, teacher, "img", "label", train=False)
+    result = pipeline.teacher_accuracy(trainer, eval_ds)
+    with torch.no_grad():
+        pixels = torch.stack([eval_ds[i]["pixel_values"] for i in range(len(ds))])
+        expected = float((teacher(pixels).argmax(-1).numpy() == np.asarray(ds["label"])).mean())
+    assert result == {"accuracy": pytest.approx(expected), "rows": 21}
+    assert trainer.teacher_forward_rows == 21 and not teacher.training
 
 
 @pytest.mark.slow

@@ -246,6 +246,104 @@ def test_trainer_feeds_the_teacher_its_own_input(tmp_path, tiny_ds):
     torch.testing.assert_close(seen[0], expected, rtol=1e-5, atol=1e-5)
 
 
+# ---- precision and distributed wrappers ----
+
+
+def test_half_precision_batch_reaches_the_float32_teacher_in_its_dtype(tmp_path, tiny_ds):
+    """DeepSpeed casts every float batch to its bf16 and turns accelerate's autocast off: the fp32 teacher must
+    still run (no "Input type (BFloat16) and bias type (float)") and see its input in float32."""
+    trainer = make_trainer(tmp_path, tiny_ds)
+    trainer.model.to(torch.bfloat16)  # as DeepSpeed holds the student
+    seen = []
+    trainer.teacher_model.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    batch = DistillationCollator()([trainer.train_dataset[i] for i in range(4)])
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert seen == [torch.float32] and torch.isfinite(loss)
+    with torch.no_grad():
+        expected = trainer.teacher_model(batch["pixel_values"].float())
+    torch.testing.assert_close(trainer.teacher_logits(batch["pixel_values"]), expected)
+
+
+def test_teacher_never_runs_in_fp16(tmp_path, tiny_ds, monkeypatch):
+    """Under --fp16 the student's autocast is fp16; the teacher runs in bf16 where the device computes it natively,
+    else in float32, even inside an fp16 autocast."""
+    from hf_ifbeta.features import resolve_precision
+
+    trainer = make_trainer(tmp_path, tiny_ds, fp16=True)
+    # accelerate gives no fp16 autocast on a CPU: stand in for the GPU's.
+    monkeypatch.setattr(trainer.accelerator, "autocast", lambda: torch.autocast("cpu", dtype=torch.float16))
+    dtypes = []
+    trainer.teacher_model[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    batch = DistillationCollator()([trainer.train_dataset[i] for i in range(4)])
+    with torch.autocast("cpu", dtype=torch.float16):
+        trainer.compute_loss(trainer.model, batch)
+    expected = torch.bfloat16 if resolve_precision("auto", torch.device("cpu")) == "bf16" else torch.float32
+    assert dtypes == [expected]
+
+    from hf_ifbeta.trainer import teacher_precision
+
+    for flags, precision in ((dict(bf16=True), "bf16"), ({}, "fp32")):
+        assert teacher_precision(make_args(tmp_path, **flags), torch.device("cpu")) == precision
+
+
+def test_non_finite_teacher_logits_are_named_once(tmp_path, tiny_ds):
+    teacher = tiny_teacher()
+    trainer = make_trainer(tmp_path, tiny_ds, teacher=teacher)
+    batch = DistillationCollator()([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        teacher[-1].bias[3] = float("inf")
+    with pytest.raises(ValueError, match=r"teacher's logits are NaN or infinite \(row 0 of the first batch, 4 of 4"):
+        trainer.compute_loss(trainer.model, batch)
+    with torch.no_grad():
+        teacher[-1].bias[3] = 0.0
+    trainer.compute_loss(trainer.model, batch)  # checked once: later batches cost no synchronisation
+    assert trainer._teacher_checked
+
+
+def test_fsdp_sharded_state_dict_still_saves_a_loadable_student(tmp_path, monkeypatch):
+    """transformers' save_model writes no weights under FSDP with a SHARDED state dict (accelerate's default); the
+    trainer gathers the full one, so the folder (and a push) loads with timm."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    student = timm.create_model("cifar10_resnet20", num_classes=3)
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+    trainer = DistillationTrainer(model=student, teacher_model=timm.create_model("cifar10_resnet20", num_classes=3), args=args)
+    gathered = []
+
+    def get_state_dict(model, unwrap=True):
+        gathered.append(model)
+        return {k: v.clone() for k, v in student.state_dict().items()}
+
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", SimpleNamespace(state_dict_type="StateDictType.SHARDED_STATE_DICT"), raising=False)
+    monkeypatch.setattr(trainer.accelerator, "get_state_dict", get_state_dict)
+    trainer.save_model()
+    assert gathered == [trainer.model]
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), student.eval()(x))
+
+
+def test_persistent_workers_see_every_new_epoch(tmp_path, tiny_ds, monkeypatch):
+    """The recipes keep DataLoader workers between epochs; the augmentation stream must still move to the next epoch."""
+    trainer = make_trainer(
+        tmp_path, tiny_ds, num_train_epochs=3, dataloader_num_workers=1, dataloader_persistent_workers=True
+    )
+    epochs = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        if model.training:
+            epochs.append(int(inputs["epoch"][0]))
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_loss", recording)
+    trainer.train()
+    assert epochs == [0] * 4 + [1] * 4 + [2] * 4  # 32 rows, batches of 8
+
+
 # ---- data plumbing ----
 
 
@@ -434,6 +532,10 @@ def test_two_processes(tmp_path):
         assert r["student_wrapped"] == "DistributedDataParallel"
         assert r["global_step"] == 3
         assert r["eval_sizes"] == [30]  # predictions gathered, the sampler's padding dropped
+    # The teacher measured the recipes' way: each rank runs its shard once (16 rows: 15 and the sampler's
+    # padding), the gather drops the padding, both ranks get the same accuracy over the 30 rows.
+    assert [r["teacher_eval_forward_rows"] for r in ranks] == [16, 16]
+    assert ranks[0]["teacher_eval"] == ranks[1]["teacher_eval"] and ranks[0]["teacher_eval"]["rows"] == 30
     # kd / ce logs are reduced over processes: both ranks log the same numbers.
     assert ranks[0]["train_logs"] == ranks[1]["train_logs"]
     assert all("kd_loss" in log and "ce_loss" in log for log in ranks[0]["train_logs"])

@@ -3,8 +3,9 @@
     torchrun --nproc_per_node 2 tests/scripts/ddp_distill.py OUT_DIR
 
 Synthetic 32x32 images (64 train rows, 30 eval rows: not a multiple of the world size, so the
-distributed sampler pads and the gather must drop the padding). Every rank writes
-OUT_DIR/rank{r}.json with what it saw; the main process alone writes OUT_DIR/metrics.json.
+distributed sampler pads and the gather must drop the padding). After training the teacher is measured
+the recipes' way (`recipes/pipeline.py::teacher_accuracy`). Every rank writes OUT_DIR/rank{r}.json with
+what it saw; the main process alone writes OUT_DIR/metrics.json.
 """
 
 import json
@@ -21,6 +22,9 @@ import hf_ifbeta  # noqa: F401  (registers the CIFAR ResNets)
 from hf_ifbeta import DistillationTrainer, DistillationTrainingArguments
 from hf_ifbeta.data import prepare_image_dataset
 from hf_ifbeta.trainer import accuracy_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
+from pipeline import teacher_accuracy  # noqa: E402
 
 N_TRAIN, N_EVAL = 64, 30
 
@@ -63,6 +67,8 @@ def main(out_dir: Path) -> None:
     )
     trainer.train()
     result = trainer.evaluate()
+    teacher_rows_before = trainer.teacher_forward_rows
+    teacher_eval = teacher_accuracy(trainer, prepare_image_dataset(synthetic(N_EVAL, 1), teacher, "img", "label", train=False))
 
     state = trainer.accelerator.state
     rank = {
@@ -76,6 +82,8 @@ def main(out_dir: Path) -> None:
         "global_step": trainer.state.global_step,
         "eval_sizes": eval_sizes,
         "train_logs": [log for log in trainer.state.log_history if "loss" in log],
+        "teacher_eval": teacher_eval,
+        "teacher_eval_forward_rows": trainer.teacher_forward_rows - teacher_rows_before,
     }
     (out_dir / f"rank{state.process_index}.json").write_text(json.dumps(rank))
     if trainer.is_world_process_zero():

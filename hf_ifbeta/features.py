@@ -200,7 +200,8 @@ def compute_teacher_outputs(
             logits are still stored in float32), or `"auto"`: bf16 where the device computes it natively
             (CUDA with bf16, CPUs with AVX512-BF16 / AMX), else fp32.
         accelerator (`accelerate.Accelerator` or `accelerate.PartialState`, *optional*): with several
-            processes, chunk k is computed by process `k % num_processes`; every process returns the same,
+            processes, the main process lists the missing chunks and process r computes `missing[r::num_processes]`
+            (an even split, also when resuming after one process failed); every process returns the same,
             complete outputs.
         progress (`bool`): show a progress bar (main process only).
         device (`str` or `torch.device`, *optional*): where the teacher runs (it is moved there); default
@@ -252,6 +253,7 @@ def compute_teacher_outputs(
 
     # The main process decides for the whole job, so that its ranks never take different paths.
     if _from_main(is_main and _is_intact(cache), accelerator):
+        _check_shared(cache, accelerator)
         logger.info("Teacher outputs loaded from the cache at %s.", cache)
         return TeacherOutputs.load(cache)
 
@@ -265,12 +267,14 @@ def compute_teacher_outputs(
             _start_cache(cache, key, identity, teacher, chunk_size, batch_size, num_workers, num_processes)
             _drop_unusable_files(cache, len(dataset))
         _wait(accelerator)
+        _check_shared(cache, accelerator)
         meta = json.loads((cache / META_FILE).read_text())
         chunk_size = meta["chunk_size"]  # an unfinished cache keeps the chunk size it was started with
 
         num_chunks = math.ceil(len(dataset) / chunk_size)
-        missing = [k for k in range(num_chunks) if not (cache / _chunk_name(k)).exists()]
-        todo = [k for k in missing if k % num_processes == process_index]  # chunk k belongs to process k % world
+        # The main process's list, split evenly: after a crash of one rank, the others share its chunks.
+        missing = _from_main([k for k in range(num_chunks) if not (cache / _chunk_name(k)).exists()], accelerator)
+        todo = missing[process_index::num_processes]
         if is_main:
             logger.info(
                 "Teacher pass over %d rows: %d of %d chunks to compute, cache at %s.",
@@ -679,6 +683,20 @@ def _from_main(value: Any, accelerator: Optional[Any]) -> Any:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def _check_shared(cache: Path, accelerator: Optional[Any]) -> None:
+    """Every process must see the main process's cache folder; raise on all of them, naming it, if one does not."""
+    if getattr(accelerator, "num_processes", 1) <= 1:
+        return
+    from accelerate.utils import gather_object
+
+    blind = [rank for rank, sees in enumerate(gather_object([(cache / META_FILE).exists()])) if not sees]
+    if blind:
+        raise RuntimeError(
+            f"Processes {blind} cannot see the teacher-pass cache {cache} that process 0 wrote: on several nodes, "
+            "cache_dir must be a folder every node shares (PrunerConfig(cache_dir=...), --cache_dir)."
+        )
 
 
 @contextlib.contextmanager

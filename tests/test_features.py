@@ -281,6 +281,28 @@ def test_two_processes_match_one_process_and_resume(ds, teacher, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resume_after_one_process_failed_splits_its_chunks_evenly(ds, teacher, tmp_path):
+    """Chunks 0 and 2 done (the first process's share), 1 and 3 missing (the one that crashed): the two
+    processes of the rerun take one each, instead of the crashed one's successor redoing both."""
+    calls = count_forwards(teacher, fail_after=6)  # chunks 0, 1, 2 written, then a failure
+    with pytest.raises(RuntimeError, match="injected interruption"):
+        compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path / "cache", **PASS)
+    assert calls["n"] == 6
+    (only_subdir(tmp_path / "cache") / "chunk_00001.npz").unlink()
+    resumed = run_two_processes(tmp_path / "cache", tmp_path / "out")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = [json.loads((tmp_path / "out" / f"rank{rank}" / "run.json").read_text()) for rank in (0, 1)]
+    assert [run["forward_calls"] for run in runs] == [2, 2]  # one chunk of 2 batches each
+
+
+@pytest.mark.slow
+def test_a_process_that_cannot_see_the_cache_fails_at_once_naming_it(tmp_path):
+    blind = run_two_processes(tmp_path / "cache", tmp_path / "out", "--per-rank-cache")
+    assert blind.returncode != 0
+    assert "Processes [1] cannot see the teacher-pass cache" in blind.stderr and "cache_dir must be a folder" in blind.stderr
+
+
+@pytest.mark.slow
 def test_teacher56_on_real_cifar(cifar_train_2k, teacher56, tmp_path):
     out = compute_teacher_outputs(teacher56, cifar_train_2k, "img", "label", cache_dir=tmp_path, chunk_size=1024)
     assert (out.n, out.num_features, out.num_classes) == (2000, 64, 10)

@@ -47,6 +47,7 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--fail-after-batches", type=int, default=None)
+    parser.add_argument("--per-rank-cache", action="store_true", help="a cache folder per process, as on nodes without a shared disk")
     args = parser.parse_args()
 
     from accelerate import PartialState
@@ -67,7 +68,8 @@ def main():
     teacher.forward_features = counted_forward
     outputs = compute_teacher_outputs(
         teacher, make_dataset(), "img", "label", batch_size=args.batch_size, chunk_size=args.chunk_size,
-        cache_dir=args.cache_dir, accelerator=state, progress=False,
+        cache_dir=os.path.join(args.cache_dir, f"rank{state.process_index}") if args.per_rank_cache else args.cache_dir,
+        accelerator=state, progress=False,
     )
     out = os.path.join(args.out, f"rank{state.process_index}")
     outputs.save(out)

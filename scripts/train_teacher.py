@@ -137,7 +137,7 @@ def evaluate(model, data: Dict, precision: str = "bf16", batch_size: int = 1000)
     zeros = np.zeros((batch_size, 2), dtype=np.int64)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         for start in range(0, n, batch_size):
-            x = torch.from_numpy(np.asarray(data["x"][start : start + batch_size]))
+            x = torch.from_numpy(np.array(data["x"][start : start + batch_size]))  # a writable copy of the memory map
             logits = model(plain.apply(x, zeros[: len(x)], zeros[: len(x), 0]))
             correct += (logits.argmax(-1).numpy() == data["y"][start : start + batch_size]).sum()
     return 100.0 * float(correct) / n

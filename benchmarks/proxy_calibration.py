@@ -2,9 +2,9 @@
 
 IF-Beta picks (a, b) by the validation KD loss of a linear proxy head trained from scratch on the kept
 rows for a limited budget (`PolicyObjective`). The real test is whether that loss orders policies the
-way ResNet-20 students distilled from ResNet-56 order them. The real accuracies below are the measured
-cells of ../shared/docs/IFBETA.md ("What has been measured already"; CIFAR-10, one seed each except
-where two are given, then the mean is used).
+way ResNet-20 students distilled from ResNet-56 order them. The real accuracies below are the method's
+early measurements (`REAL`: CIFAR-10, 5-epoch students, one seed each except where two are given, then
+the mean is used).
 
 For every real cell the proxy's validation loss is computed on the policy's *discrete* subsets
 (`BetaPolicy.select`, top-k = the top `class_budgets` rows of each class) over several seeds; seed s
@@ -75,7 +75,7 @@ POLICIES = {
     "beta(1,4)": (1.0, 4.0),
     "beta(2,1)": (2.0, 1.0),
 }
-# Real ResNet-20 test top-1 (%), IFBETA.md; two seeds -> their mean.
+# Real ResNet-20 test top-1 (%) of the method's early measurements; two seeds -> their mean.
 REAL = [
     {"list": "E5_r0.5", "epochs": 5, "ratio": 0.5, "acc": {"random": 75.4, "beta(8,1)": 74.4, "top-k": 74.1}},
     {

@@ -9,7 +9,7 @@ loss, for the student's number of epochs over the kept rows (`PolicyObjective.su
 
 Printed per ratio: every cell's proxy loss next to its test top-1, Spearman's rho between (-proxy loss)
 and top-1 over the cells (+1 = the proxy orders the kept subsets as the students do) and over the
-methods' seed means. The same for variants of the outer objective that IFBETA.md leaves open:
+methods' seed means. The same for variants of the outer objective that the method leaves open:
 
 - `default`: as above (what `learn_beta_policy` optimises, on all non-validation rows);
 - `weak16`: a weaker, non-realisable proxy: the standardised features randomly projected to 16 dimensions

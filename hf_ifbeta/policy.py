@@ -8,7 +8,7 @@ uniform random (a = b = 1), keep-the-top (a >> b), keep-the-bottom (b >> a), kee
 
 `learn_beta_policy` picks (a, b) by minimising the validation KD loss of a linear proxy head in
 teacher-feature space trained on the rows the policy keeps. The inner fit mirrors the student's
-budget (IFBETA.md, "What has been measured already"): from scratch, a number of steps
+budget: from scratch, a number of steps
 proportional to the kept rows. The discrete subset is relaxed into soft inclusion weights
 `q_i = min(1, c * w_i)` with `sum q_i = m`, and the hypergradient with respect to
 (log a, log b) is the exact derivative of the unrolled inner steps, computed in forward mode

@@ -19,7 +19,7 @@ import sys
 
 from pipeline import parse_args, run
 
-# BENCHMARK.md: SGD nesterov momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, cosine schedule (the lr is per
+# The benchmark's recipe: SGD nesterov momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, cosine schedule (the lr is per
 # process's batch: scaled with the number of processes by the pipeline).
 CIFAR_DEFAULTS = dict(
     output_dir="out/distill_cifar", teacher="cifar10_resnet56", student="cifar10_resnet20", eval_split="test",

@@ -310,7 +310,7 @@ def distil(setting: Setting, profile: str, train, test, rows: np.ndarray, seed: 
     }
 
 
-def run_cell(cell: Dict, profile: str, ctx: Context, log=print) -> Dict:
+def run_cell(cell: Dict, profile: str, ctx: Context, log=print, threads: int = 0) -> Dict:
     setting = SETTINGS[cell["setting"]]
     method, ratio, seed = cell["method"], cell["ratio"], cell["seed"]
     train, test, flipped = ctx.data(setting)
@@ -321,7 +321,7 @@ def run_cell(cell: Dict, profile: str, ctx: Context, log=print) -> Dict:
     else:
         rows, policy, timings = ctx.pruning(setting).select(method, ratio, seed)
         prune_time = sum(timings.values())
-    torch.set_num_threads(pick_threads())
+    torch.set_num_threads(threads or pick_threads())
     log(f"cell {cell_key(cell)}: {len(rows)} rows, {setting.epochs(profile)} epochs, {torch.get_num_threads()} threads")
     out = distil(setting, profile, train, test, np.asarray(rows), seed, teacher, alpha=0.0 if method == "full-nokd" else ALPHA)
     noise = {}
@@ -361,6 +361,7 @@ def main(argv=None):
         "--cells", nargs="*", metavar="SETTING|METHOD|RATIO|SEED",
         help="run these cells (in this order, skipping those already done) instead of the default queue",
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per cell; 0 picks by the machine's load")
     parser.add_argument("--report", action="store_true", help="print the tables and make plots, run nothing")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -381,7 +382,7 @@ def main(argv=None):
     ctx, new = Context(), 0
     for cell in todo:
         try:
-            row = run_cell(cell, args.profile, ctx, log=lambda s: print(s, flush=True))
+            row = run_cell(cell, args.profile, ctx, log=lambda s: print(s, flush=True), threads=args.threads)
         except FileNotFoundError as err:  # a setting whose data or teacher is not built yet
             print(f"skip {cell_key(cell)}: {err}", flush=True)
             continue

@@ -525,11 +525,8 @@ def _identity(
 ) -> Dict[str, Any]:
     """Everything that determines the cached arrays; its hash is the cache key."""
     cfg = getattr(teacher, "pretrained_cfg", None) or {}
-    state = hashlib.sha256()
-    for name, tensor in sorted(teacher.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous().reshape(-1)
-        state.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        state.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    from .logit_cache import state_dict_digest
+
     return {
         "version": CACHE_VERSION,
         "dataset_fingerprint": dataset._fingerprint,
@@ -537,7 +534,7 @@ def _identity(
         "teacher": {
             "class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
             **{k: cfg.get(k) for k in ("architecture", "tag", "file", "hf_hub_id") if cfg.get(k)},
-            "state_dict_sha256": state.hexdigest(),
+            "state_dict_sha256": state_dict_digest(teacher),
         },
         "transform": repr(transform),
         "image_column": image_column,

@@ -90,7 +90,7 @@ SETTINGS = {
         ),
         Setting(
             "tiny-imagenet", train_file=str(TINY / "train.parquet"), test_file=str(TINY / "test.parquet"),
-            teacher_checkpoint=str(ROOT / "models" / "tiny_imagenet_resnet56.pt"), num_classes=200,
+            teacher_checkpoint=str(ROOT / "models" / "tiny_imagenet_resnet56.pt"), num_classes=202,
         ),
     )
 }
@@ -125,6 +125,12 @@ class Context:
             files = {"train": setting.train_file, "test": setting.test_file}
             ds = datasets.load_dataset("parquet", data_files=files)
             train, flipped = ds["train"], None
+            found = getattr(train.features[setting.label_column], "num_classes", None)
+            if found is not None and found != setting.num_classes:
+                raise ValueError(
+                    f"Setting {setting.name!r} says num_classes={setting.num_classes}, but the column "
+                    f"{setting.label_column!r} of {setting.train_file} has {found} classes."
+                )
             if setting.label_noise:
                 clean = np.asarray(train[setting.label_column], dtype=np.int64)
                 noisy, flipped = noisy_labels(clean, setting.label_noise, setting.num_classes)
@@ -178,8 +184,8 @@ def default_cells(settings=None) -> List[Dict]:
     cells += block("cifar10-e5")
     cells += block("cifar10-noisy20")
     cells += block("cifar10-t20")
-    cells += block("cifar10-e30", ratios=(0.7, 0.3), seeds=(0, 1))
     cells += block("tiny-imagenet")
+    cells += block("cifar10-e30", ratios=(0.7, 0.3), seeds=(0, 1))
     return [c for c in cells if settings is None or c["setting"] in settings]
 
 

@@ -16,7 +16,7 @@ epoch is done it writes the weights as `{"state_dict": ...}` (float32; loads wit
 accuracy per epoch, wall time and machine.
 
     python scripts/build_tiny_imagenet.py
-    nohup python scripts/train_teacher.py --epochs 30 > benchmarks/cache/tiny_imagenet/teacher.log 2>&1 &
+    nohup python scripts/train_teacher.py --epochs 20 > benchmarks/cache/tiny_imagenet/teacher.log 2>&1 &
     python scripts/train_teacher.py --epochs 1 --max_steps 20 --run_dir /tmp/smoke   # throughput check
 """
 
@@ -51,7 +51,7 @@ class TeacherRecipe:
     """What determines the trained weights; a resumed run must have the same."""
 
     model: str = field(default="cifar10_resnet56", metadata={"help": "timm name of a registered CIFAR ResNet."})
-    epochs: int = field(default=30, metadata={"help": "Epochs over the training split."})
+    epochs: int = field(default=20, metadata={"help": "Epochs over the training split."})
     batch_size: int = field(default=128, metadata={"help": "Rows per SGD step."})
     lr: float = field(default=0.1, metadata={"help": "Peak learning rate."})
     schedule: str = field(

@@ -59,3 +59,13 @@ def test_parse_cell_names_what_is_wrong():
         kd_sweep.parse_cell("cifar100|random|0.7|0")
     with pytest.raises(ValueError, match="must be in"):
         kd_sweep.parse_cell("cifar10|random|1.5|0")
+
+
+@pytest.mark.slow
+def test_tiny_imagenet_setting_matches_its_data():
+    """The setting's class count is the converted parquet's (the copy holds 202 classes, not 200)."""
+    setting = kd_sweep.SETTINGS["tiny-imagenet"]
+    if not Path(setting.train_file).exists():
+        pytest.skip(f"{setting.train_file} not built (scripts/build_tiny_imagenet.py)")
+    train, test, _ = kd_sweep.Context().data(setting)
+    assert train.features["label"].num_classes == setting.num_classes == 202

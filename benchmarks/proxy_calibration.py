@@ -125,7 +125,9 @@ def load_inputs(allow_teacher_pass: bool):
     """Teacher outputs + influence scores through the public API (the teacher pass comes from the cache)."""
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files={"train": str(SHARED / "data/cifar10/train.parquet")})["train"]
+    # both splits, as the sweep loads them: the same dataset fingerprint, so the same teacher-pass cache
+    files = {split: str(SHARED / f"data/cifar10/{split}.parquet") for split in ("train", "test")}
+    ds = datasets.load_dataset("parquet", data_files=files)["train"]
     cached = [
         p.parent
         for p in default_cache_dir().glob("*/meta.json")
@@ -140,7 +142,10 @@ def load_inputs(allow_teacher_pass: bool):
         )
     teacher = load_model("cifar10_resnet56", checkpoint=str(SHARED / "models/cifar10_resnet56.pt")).eval()
     t0 = time.perf_counter()
-    result = DatasetPruner(teacher, image_column="img", method="influence").score(ds)
+    # float32 teacher pass, as the CIFAR-10 setting of the sweep scored its cells
+    result = DatasetPruner(
+        teacher, image_column="img", label_column="label", method="influence", teacher_precision="fp32", seed=0
+    ).score(ds)
     seconds = time.perf_counter() - t0
     out = result._outputs
     inputs = {

@@ -49,6 +49,8 @@ from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
 
 VARIANTS = ("default", "weak16", "scarce1500")
+MIX_WEIGHTS = (0.25, 0.5, 0.75)
+PAIR_APART = 0.5  # points of top-1 between two methods' means below which their order is seed noise
 BETAS = {"random": (1.0, 1.0), "beta(2,1)": (2.0, 1.0), "beta(2,0.5)": (2.0, 0.5), "beta(8.6,0.18)": (8.6, 0.18)}
 
 
@@ -104,6 +106,36 @@ def selection_bias_check(inputs, epochs: int, ratios=(0.3, 0.5, 0.7), seeds=(0, 
     return {"rank_positions_pearson_half_vs_all": agreement, "losses": out}
 
 
+def pair_agreement(means: Dict[str, Dict[str, float]], apart: float = PAIR_APART) -> Dict:
+    """Among the pairs of methods whose students' means differ by more than `apart` points, how many the
+    objective orders as the students do (lower objective = higher top-1); closer pairs are seed noise."""
+    names = sorted(means)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]
+             if abs(means[a]["test_top1"] - means[b]["test_top1"]) > apart]  # fmt: skip
+    agree = sum(
+        (means[a]["test_top1"] - means[b]["test_top1"]) * (means[b]["proxy_loss"] - means[a]["proxy_loss"]) > 0
+        for a, b in pairs
+    )
+    return {"pairs": len(pairs), "agree": int(agree), "share": agree / len(pairs) if pairs else None}
+
+
+def mixed(summary: List[Dict], weight: float) -> List[Dict]:
+    """`weight * default + (1 - weight) * weak16`, each relative to random's proxy loss at that ratio."""
+    by = {(s["variant"], s["ratio"]): s["method_means"] for s in summary}
+    out = []
+    for ratio in sorted({s["ratio"] for s in summary}):
+        d, w = by[("default", ratio)], by[("weak16", ratio)]
+        means = {
+            m: {"proxy_loss": weight * d[m]["proxy_loss"] / d["random"]["proxy_loss"]
+                + (1 - weight) * w[m]["proxy_loss"] / w["random"]["proxy_loss"], "test_top1": d[m]["test_top1"]}
+            for m in d
+        }  # fmt: skip
+        rho = _spearman([-v["proxy_loss"] for v in means.values()], [v["test_top1"] for v in means.values()])
+        out.append({"variant": f"mix@{weight:g}", "ratio": ratio, "methods": len(means), "spearman_methods": rho,
+                    "method_means": means, "pair_agreement": pair_agreement(means)})  # fmt: skip
+    return out
+
+
 def summarise(cells: List[Dict], variant: str) -> List[Dict]:
     """Per ratio: Spearman of (-proxy loss) with top-1 over cells and over method means."""
     cells = [dict(c, proxy_loss=c["proxy_loss"][variant]) for c in cells]
@@ -125,6 +157,7 @@ def summarise(cells: List[Dict], variant: str) -> List[Dict]:
             "spearman_methods": _spearman([-v[0] for v in means.values()], [v[1] for v in means.values()]),
             "method_means": {m: {"proxy_loss": float(v[0]), "test_top1": float(v[1])} for m, v in means.items()},
         })  # fmt: skip
+        out[-1]["pair_agreement"] = pair_agreement(out[-1]["method_means"])
     return out
 
 
@@ -133,8 +166,15 @@ def main(argv=None):
     parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
     parser.add_argument("--allow_teacher_pass", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a running sweep owns the rest)")
+    parser.add_argument(
+        "--summarise", action="store_true", help="recompute the summaries from the cells already in the JSON only"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.summarise:
+        path = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
+        saved = json.loads(path.read_text())
+        return write(saved["cells"], saved["selection_bias"], saved["inner_epochs"], path)
 
     results = [
         r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{args.profile}.jsonl")
@@ -166,20 +206,25 @@ def main(argv=None):
         print(f"{kd_sweep.cell_key(r):45s} student {r['test_top1']:.2f} %  proxy loss "
               + ", ".join(f"{v} {x:.5f}" for v, x in losses.items()), flush=True)  # fmt: skip
 
-    summary = [s for v in VARIANTS for s in summarise(cells, v)]
-    print("\n| outer objective | ratio | cells | rho over cells | methods | rho over method means |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for s in summary:
-        fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"  # noqa: E731
-        print(f"| {s['variant']} | {s['ratio']} | {s['cells']} | {fmt(s['spearman_cells'])} | {s['methods']} | "
-              f"{fmt(s['spearman_methods'])} |")  # fmt: skip
     bias = selection_bias_check(inputs, epochs)
-    out = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
+    write(cells, bias, epochs, kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json")
+
+
+def write(cells: List[Dict], bias: Dict, epochs: int, path: Path) -> None:
+    """Summaries per variant and ratio (plus the default/weak16 mixes), printed and written with the cells."""
+    summary = [s for v in VARIANTS for s in summarise(cells, v)]
+    summary += [s for w in MIX_WEIGHTS for s in mixed(summary, w)]
+    fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"  # noqa: E731
+    print("\n| outer objective | ratio | methods | rho over method means | pairs > 0.5 apart ordered as the students |")
+    print("| --- | --- | --- | --- | --- |")
+    for s in summary:
+        pa = s["pair_agreement"]
+        print(f"| {s['variant']} | {s['ratio']} | {s['methods']} | {fmt(s.get('spearman_methods'))} | "
+              f"{pa['agree']} / {pa['pairs']} |")  # fmt: skip
     report = {"protocol": __doc__.split("\n\n")[1], "inner_epochs": epochs, "variants": VARIANTS, "cells": cells,
               "per_ratio": summary, "selection_bias": bias}  # fmt: skip
-    out.write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
-    print(f"wrote {out}")
-
+    path.write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
+    print(f"wrote {path}")
 
 if __name__ == "__main__":
     main()

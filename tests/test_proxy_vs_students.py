@@ -54,3 +54,25 @@ def test_summarise_ranks_lower_loss_as_better_per_variant():
     assert default["method_means"]["if-beta"] == {"proxy_loss": 1.0, "test_top1": pytest.approx(82.05)}
     (weak,) = pvs.summarise(cells, "weak16")
     assert weak["spearman_methods"] == pytest.approx(-1.0)
+
+
+def test_pair_agreement_counts_only_pairs_further_apart_than_seed_noise():
+    means = {
+        "a": {"test_top1": 80.0, "proxy_loss": 0.3},
+        "b": {"test_top1": 81.0, "proxy_loss": 0.2},  # a < b, ordered right
+        "c": {"test_top1": 81.3, "proxy_loss": 0.4},  # b-c 0.3 apart: noise; a < c, ordered wrong
+    }
+    assert pvs.pair_agreement(means) == {"pairs": 2, "agree": 1, "share": 0.5}
+    assert pvs.pair_agreement(means, apart=2.0) == {"pairs": 0, "agree": 0, "share": None}
+
+
+def test_mixed_weights_each_term_relative_to_random():
+    def summary(variant, losses):
+        return {"variant": variant, "ratio": 0.7, "method_means": {
+            m: {"proxy_loss": x, "test_top1": t} for (m, x), t in zip(losses.items(), (81.0, 80.0))}}  # fmt: skip
+
+    rows = [summary("default", {"random": 2.0, "topk": 1.0}), summary("weak16", {"random": 10.0, "topk": 20.0})]
+    (mix,) = pvs.mixed(rows, 0.5)
+    assert mix["method_means"]["random"]["proxy_loss"] == pytest.approx(1.0)
+    assert mix["method_means"]["topk"]["proxy_loss"] == pytest.approx(0.5 * 0.5 + 0.5 * 2.0)
+    assert mix["pair_agreement"] == {"pairs": 1, "agree": 1, "share": 1.0}  # random better, and the mix says so

@@ -154,15 +154,17 @@ def _learn_beta_policy(
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     history: List[Dict] = []
     for step in range(args.outer_steps):
-        loss, grad = objective.hypergradient(theta)
+        outer_loss, grad = objective.hypergradient(theta)
         history.append(
-            {"step": step, "a": math.exp(theta[0]), "b": math.exp(theta[1]), "loss": loss, "grad": grad.tolist()}
+            {"step": step, "a": math.exp(theta[0]), "b": math.exp(theta[1]), "loss": outer_loss, "grad": grad.tolist()}
         )
         if step == args.outer_steps - 1:
             break
         m1 = beta1 * m1 + (1 - beta1) * grad
         m2 = beta2 * m2 + (1 - beta2) * grad**2
-        theta = theta - args.outer_lr * (m1 / (1 - beta1 ** (step + 1))) / (np.sqrt(m2 / (1 - beta2 ** (step + 1))) + eps)
+        theta = theta - args.outer_lr * (m1 / (1 - beta1 ** (step + 1))) / (
+            np.sqrt(m2 / (1 - beta2 ** (step + 1))) + eps
+        )
         theta = np.clip(theta, max(math.log(MIN_AB), -math.log(args.max_ab)), math.log(args.max_ab))
     best = min(history, key=lambda h: h["loss"])
     learned = BetaPolicy(best["a"], best["b"])

@@ -1,8 +1,9 @@
 """Bilevel policy learning for large proxy heads (ImageNet-sized: thousands of features x a thousand classes).
 
-`hf_ifbeta.policy_learning.learn_beta_policy` unrolls `T = inner_epochs * m / inner_batch_size` full-batch steps of a linear
-head, and carries two tangents through them. One step costs about `6 C (d + 1) N` multiply-adds plus some `30 C N`
-element-wise operations on N rows, so with a head of millions of parameters the outer loop takes hours on a CPU.
+`hf_ifbeta.policy_learning.learn_beta_policy` unrolls `T = inner_epochs * m / inner_batch_size` full-batch steps
+of a linear head, and carries two tangents through them. One step costs about `6 C (d + 1) N` multiply-adds plus
+some `30 C N` element-wise operations on N rows, so with a head of millions of parameters the outer loop takes
+hours on a CPU.
 Above a head size of `PolicyReduction.max_head_params`, `learn_beta_policy_at_scale` therefore solves the same
 bilevel problem on a reduced copy, and hands the learned (a, b) back for the full data:
 

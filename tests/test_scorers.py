@@ -119,7 +119,7 @@ def test_registering_a_method_is_one_class():
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7, 0.9])
 def test_exact_budget_sorted_unique_and_stratified(name, ratio, monkeypatch):
     if name == "if-beta":
-        monkeypatch.setattr(policy_scale, "learn_beta_policy", lambda *a, **k: pytest.fail("fixed policy must not learn"))
+        monkeypatch.setattr(policy_scale, "learn_beta_policy", lambda *a, **k: pytest.fail("fixed: must not learn"))
     outputs = tiny_outputs()
     ctx = dict(policy_a=2.0, policy_b=1.0) if name == "if-beta" else {}
     selection, scores = run(name, outputs, ratio, seed=3, **ctx)
@@ -350,7 +350,7 @@ def test_influence_methods_say_what_they_need():
 
 
 def test_if_beta_with_a_fixed_policy(monkeypatch):
-    monkeypatch.setattr(policy_scale, "learn_beta_policy", lambda *a, **k: pytest.fail("a fixed policy must not be learned"))
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", lambda *a, **k: pytest.fail("a fixed policy is not learned"))
     outputs, infl = tiny_outputs(), stub_influence(120)
     selection, scores = run("if-beta", outputs, 0.7, seed=5, influence=infl, policy_a=8.0, policy_b=1.0)
     np.testing.assert_array_equal(scores, infl.scores)

@@ -411,14 +411,21 @@ def policy_landscape(outputs, u, val, ratio: float = 0.3, k: int = 128) -> Dict[
     path) and with the projection but the settings unmapped. Spearman over the grid, and the grid argmins."""
     from scipy.stats import spearmanr
 
+    from hf_ifbeta.config import PolicyArguments, PolicyReduction
+    from hf_ifbeta.losses import ProxyLoss
     from hf_ifbeta.policy import PolicyObjective
     from hf_ifbeta.policy_scale import reduce_policy_problem
 
     grid = [(la, lb) for la in (-1.0, 0.0, 1.0, 2.0) for lb in (-1.0, 0.0, 1.0, 2.0)]
-    common = dict(subsample=2000, val_subsample=1000, seed=0, max_classes=100)
+    data = (outputs.features, outputs.logits, outputs.labels, u, val)
+
+    def args(projection_dim):
+        reduction = PolicyReduction(max_classes=100, projection_dim=projection_dim)
+        return PolicyArguments(subsample=2000, val_subsample=1000, reduction=reduction)
+
     problems = {
-        "full": reduce_policy_problem(outputs.features, outputs.logits, outputs.labels, u, val, **common),
-        "projected": reduce_policy_problem(outputs.features, outputs.logits, outputs.labels, u, val, projection_dim=k, **common),
+        "full": reduce_policy_problem(*data, ProxyLoss(), args(None), seed=0),
+        "projected": reduce_policy_problem(*data, ProxyLoss(), args(k), seed=0),
     }  # fmt: skip
     variants = {"full": ("full", True), f"projected {k}, mapped lr / l2": ("projected", True),
                 f"projected {k}, unmapped": ("projected", False)}  # fmt: skip

@@ -48,20 +48,16 @@ sys.path.insert(0, str(ROOT))
 from hf_ifbeta import DatasetPruner  # noqa: E402
 from hf_ifbeta.features import default_cache_dir  # noqa: E402
 from hf_ifbeta.models import load_model  # noqa: E402
-from hf_ifbeta.policy import (  # noqa: E402
-    BetaPolicy,
-    PolicyObjective,
-    _stratified_subsample,  # the subsample learn_beta_policy draws, reproduced exactly
-    class_budgets,
-    learn_beta_policy,
-    rank_positions,
-)
+from hf_ifbeta.config import PolicyArguments  # noqa: E402
+from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions  # noqa: E402
+from hf_ifbeta.policy_learning import learn_beta_policy  # noqa: E402
+from hf_ifbeta.selection import class_budgets, stratified_subsample  # noqa: E402  (as learn_beta_policy draws)
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
 SHARED = Path(os.environ.get("HF_IFBETA_SHARED", ROOT.parent / "shared"))
 N_FULL = 50_000  # rows the real students' selection runs over (the whole CIFAR-10 training split)
-SUBSAMPLE = 4_000  # learn_beta_policy / PrunerConfig.policy_subsample default
-VAL_SUBSAMPLE = 2_000
+SUBSAMPLE = PolicyArguments.subsample  # learn_beta_policy / PrunerConfig.policy_subsample default
+VAL_SUBSAMPLE = PolicyArguments.val_subsample
 BATCH = 128  # the student's batch: turns epochs into steps
 CONVERGED_STEPS = 5_000
 
@@ -167,8 +163,8 @@ class Proxy:
         is_val = np.zeros(labels.size, dtype=bool)
         is_val[val_indices] = True
         rng = np.random.default_rng(seed)  # the same draws, in the same order, as learn_beta_policy(seed=seed)
-        train = _stratified_subsample(np.flatnonzero(~is_val), labels, subsample, rng)
-        val = _stratified_subsample(np.sort(val_indices), labels, VAL_SUBSAMPLE, rng)
+        train = stratified_subsample(np.flatnonzero(~is_val), labels, subsample, rng)
+        val = stratified_subsample(np.sort(val_indices), labels, VAL_SUBSAMPLE, rng)
         f, z = inputs["features"], inputs["logits"]
         self.objective = PolicyObjective(
             f[train], z[train], labels[train], u[train], ratio, f[val], z[val], labels[val], inner_epochs=inner_epochs
@@ -310,9 +306,11 @@ def main(argv=None):
     for ratio in args.learn_ratios:
         ie = chosen["inner_epochs"](args.student_epochs, ratio)
         t0 = time.perf_counter()
+        # the full box (max_ab 50), the learner's default when this calibration was recorded
+        args = PolicyArguments(inner_epochs=ie, subsample=chosen["subsample"], num_threads=1, max_ab=50.0)
         res = learn_beta_policy(
-            inputs["features"], inputs["logits"], inputs["labels"], u, ratio, inputs["val_indices"],
-            inner_epochs=ie, subsample=chosen["subsample"], seed=0, num_threads=1,
+            inputs["features"], inputs["logits"], inputs["labels"], u, ratio, inputs["val_indices"], policy_args=args,
+            seed=0,
         )  # fmt: skip
         learned.append({
             "ratio": ratio,

@@ -44,7 +44,8 @@ import kd_sweep  # noqa: E402
 from proxy_calibration import _spearman, load_inputs  # noqa: E402
 
 from hf_ifbeta.influence import influence_scores  # noqa: E402
-from hf_ifbeta.policy import BetaPolicy, PolicyObjective, _stratified_subsample, rank_positions  # noqa: E402
+from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions  # noqa: E402
+from hf_ifbeta.selection import stratified_subsample  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
 
@@ -65,7 +66,7 @@ class OuterObjective:
             f = (f - f.mean(0)) / (f.std(0) + 1e-6)
             f = f @ np.random.default_rng(seed).standard_normal((f.shape[1], 16)).astype(np.float32) / 4.0
         elif variant == "scarce1500":
-            train = _stratified_subsample(train, labels, 1500, np.random.default_rng(seed))
+            train = stratified_subsample(train, labels, 1500, np.random.default_rng(seed))
         elif variant != "default":
             raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
         self.position = np.full(labels.size, -1)

@@ -21,7 +21,7 @@ _EXPORTS = {
     "TeacherOutputs": "features",
     "compute_teacher_outputs": "features",
     "BetaPolicy": "policy",
-    "learn_beta_policy": "policy",
+    "learn_beta_policy": "policy_learning",
     "influence_scores": "influence",
     "list_methods": "scorers",
     "get_method": "scorers",
@@ -53,7 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .hub import load_pruned_dataset
     from .influence import influence_scores
     from .losses import kd_loss
-    from .policy import BetaPolicy, learn_beta_policy
+    from .policy import BetaPolicy
+    from .policy_learning import learn_beta_policy
     from .pruner import DatasetPruner, PruningResult
     from .scorers import get_method, list_methods, register_method
     from .trainer import DistillationTrainer

@@ -88,7 +88,7 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
     from transformers import HfArgumentParser
 
     from .models import load_model
-    from .policy import check_ratio
+    from .selection import check_ratio
     from .pruner import DatasetPruner
 
     parser = HfArgumentParser((PruneArguments, PrunerConfig))

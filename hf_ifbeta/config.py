@@ -1,13 +1,186 @@
-"""Configuration dataclasses. Every field has `help` metadata, so `HfArgumentParser` gives `--help`."""
+"""Configuration dataclasses. Every field has `help` metadata, so `HfArgumentParser` gives `--help`.
+
+`PrunerConfig` is what a user sets; `PrunerConfig.stages()` splits it, in this one place, into the small frozen
+argument objects each stage of the pruner takes (`TeacherPassArguments`, `losses.ProxyLoss`,
+`InfluenceArguments`, `PolicyArguments`), and their defaults are the config's defaults.
+"""
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ["DistillationTrainingArguments", "PrunerConfig"]
+from .losses import ProxyLoss
 
+__all__ = [
+    "DistillationTrainingArguments",
+    "InfluenceArguments",
+    "PolicyArguments",
+    "PolicyReduction",
+    "PrunerConfig",
+    "PrunerStages",
+    "TeacherPassArguments",
+    "resolve_device",
+]
+
+# The inverse-Hessian paths of `influence_scores`; a literal here so that this module imports nothing that
+# computes (the solver registry is their owner).
 HESSIAN_MODES = ("auto", "exact", "kfac")
 SCORE_TYPES = ("influence", "self-influence")
+# Box of the outer policy search on a and b: Beta(0.1, .) is already an extreme two-tailed policy, Beta(50, 1)
+# keeps essentially the top of each class.
+MIN_AB, MAX_AB = 0.1, 50.0
+
+
+def resolve_device(device=None, accelerator: Any = None):
+    """The one device of every pruning stage: `device` when given, else `accelerator.device`, else CUDA when
+    available, else CPU. Stages called on their own with no device use the same rule."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    if getattr(accelerator, "device", None) is not None:
+        return torch.device(accelerator.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arguments of one stage each
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherPassArguments:
+    """How the teacher pass batches, decodes, caches and computes (`features.compute_teacher_outputs`).
+
+    Args:
+        batch_size (`int`): batch size per process.
+        num_workers (`int`, *optional*): DataLoader workers; None lets the pruner choose from the CPU cores.
+        chunk_size (`int`): rows per cached chunk (the unit of resumption).
+        cache_dir (`str`, *optional*): cache folder; None is `$HF_HOME/hf_ifbeta`.
+        features_dtype (`str`): float32 or float16 storage of the features.
+        precision (`str`): fp32, bf16 or auto.
+    """
+
+    batch_size: int = 256
+    num_workers: Optional[int] = None
+    chunk_size: int = 4096
+    cache_dir: Optional[str] = None
+    features_dtype: str = "float32"
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class InfluenceArguments:
+    """How `influence.influence_scores` fits the proxy head and solves with its Hessian (the loss aside).
+
+    Args:
+        standardize (`bool`): standardise the features before the head.
+        hessian (`str`): exact, kfac or auto.
+        exact_max_params (`int`): with auto, the dense Hessian while C (d + 1) is at most this.
+        cg_max_iter (`int`), cg_tol (`float`): conjugate-gradient budget and relative residual.
+        fit_max_iter (`int`): L-BFGS iterations of the head fit.
+        fit_subsample (`int`, *optional*): fit on at most this many random rows.
+        chunk_size (`int`): rows per chunk streamed from the cache.
+    """
+
+    standardize: bool = True
+    hessian: str = "auto"
+    exact_max_params: int = 20_000
+    cg_max_iter: int = 200
+    cg_tol: float = 1e-6
+    fit_max_iter: int = 200
+    fit_subsample: Optional[int] = None
+    chunk_size: int = 65_536
+
+
+@dataclass(frozen=True)
+class PolicyReduction:
+    """When and how the bilevel policy problem is solved on a reduced copy (`policy_scale`), for large heads.
+
+    Args:
+        max_head_params (`int`): head size C (d + 1) above which the reduced copy is solved.
+        max_classes (`int`): classes drawn for the reduced copy.
+        projection_dim (`int`, *optional*): project the standardised features to this many dimensions; None keeps
+            them, since a projection blurs a class signal that is a small part of the feature norm and then ranks
+            policies unlike the full features do.
+    """
+
+    max_head_params: int = 50_000
+    max_classes: int = 100
+    projection_dim: Optional[int] = None
+
+    def __post_init__(self):
+        if self.max_head_params < 0:
+            raise ValueError(f"max_head_params must be >= 0, got {self.max_head_params}.")
+        for name in ("max_classes", "projection_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+
+
+@dataclass(frozen=True)
+class PolicyArguments:
+    """How `policy.learn_beta_policy` learns the Beta policy's (a, b) (the proxy loss aside).
+
+    Args:
+        outer_steps (`int`): outer (hypergradient) steps.
+        outer_lr (`float`): Adam learning rate on (log a, log b).
+        inner_epochs (`float`): epochs of the inner fit over the kept rows, `T = ceil(inner_epochs * m /
+            inner_batch_size)` steps: the student's budget.
+        inner_batch_size (`int`): the student's batch size, which turns epochs into steps.
+        inner_lr (`float`): learning rate of the inner full-batch steps (momentum 0.9).
+        subsample (`int`, *optional*): training rows of the bilevel problem (stratified); None = all. The cost
+            grows with its square (rows per step x steps).
+        val_subsample (`int`, *optional*): validation rows used (stratified); None = all.
+        max_ab (`float`): a and b stay in [max(MIN_AB, 1 / max_ab), max_ab], at most `MAX_AB`. A small box allows
+            only mild leans from uniform; the largest reaches keep-the-top.
+        stratify (`bool`): per-class budgets.
+        eval_seeds (`int`): discrete subsets per policy in the final check against uniform.
+        num_threads (`int`, *optional*): torch CPU threads while learning (restored after); None leaves torch's
+            setting. The inner ops are small, and more threads than free cores stall them.
+        chunk_size (`int`): rows per read of (memory-mapped) arrays on the reduced path.
+        reduction (`PolicyReduction`): when and how a large head's problem is reduced.
+    """
+
+    outer_steps: int = 20
+    outer_lr: float = 0.2
+    inner_epochs: float = 15.0
+    inner_batch_size: int = 128
+    inner_lr: float = 0.1
+    subsample: Optional[int] = 4_000
+    val_subsample: Optional[int] = 2_000
+    max_ab: float = 2.0
+    stratify: bool = True
+    eval_seeds: int = 3
+    num_threads: Optional[int] = 1
+    chunk_size: int = 65_536
+    reduction: PolicyReduction = PolicyReduction()
+
+    def __post_init__(self):
+        for name in ("outer_steps", "eval_seeds", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 1.0 < self.max_ab <= MAX_AB:
+            raise ValueError(f"max_ab must be in (1, {MAX_AB:g}], got {self.max_ab}.")
+        for name in ("subsample", "val_subsample", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}.")
+
+
+@dataclass(frozen=True)
+class PrunerStages:
+    """A `PrunerConfig` split by stage (`PrunerConfig.stages()`): what each stage of the pruner is handed."""
+
+    teacher_pass: TeacherPassArguments
+    loss: ProxyLoss
+    influence: InfluenceArguments
+    policy: PolicyArguments
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The user's entry point
+# --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -16,6 +189,8 @@ class PrunerConfig:
 
     The fields fall in four groups: the teacher pass (columns, batching, cache), the proxy head and
     its influence scores, the Beta policy and its bilevel learning, and reproducibility (`seed`).
+    `stages()` hands each stage its part. The method name is checked against the registry by
+    `DatasetPruner` (the registry imports the methods, which this module must not).
     """
 
     method: str = field(
@@ -28,7 +203,9 @@ class PrunerConfig:
     label_column: str = field(default="label", metadata={"help": "Integer / ClassLabel column with the class ids."})
 
     # Teacher pass
-    batch_size: int = field(default=256, metadata={"help": "Teacher-pass batch size per process."})
+    batch_size: int = field(
+        default=TeacherPassArguments.batch_size, metadata={"help": "Teacher-pass batch size per process."}
+    )
     num_workers: Optional[int] = field(
         default=None,
         metadata={
@@ -37,7 +214,7 @@ class PrunerConfig:
         },
     )
     chunk_size: int = field(
-        default=4096,
+        default=TeacherPassArguments.chunk_size,
         metadata={"help": "Rows per cached chunk of the teacher pass (the unit of resumption and of streaming)."},
     )
     cache_dir: Optional[str] = field(
@@ -45,11 +222,11 @@ class PrunerConfig:
         metadata={"help": "Where teacher outputs are cached; default `$HF_HOME/hf_ifbeta` (~/.cache/huggingface/hf_ifbeta)."},
     )
     features_dtype: str = field(
-        default="float32",
+        default=TeacherPassArguments.features_dtype,
         metadata={"help": "Storage dtype of cached features: float32, or float16 to halve disk and memory at ImageNet scale."},
     )
     teacher_precision: str = field(
-        default="auto",
+        default=TeacherPassArguments.precision,
         metadata={
             "help": "The teacher pass's forward: fp32, bf16 (autocast + channels_last; features and logits stored "
             "in float32) or auto (bf16 where the GPU or CPU computes it natively, else fp32)."
@@ -57,20 +234,35 @@ class PrunerConfig:
     )
 
     # Proxy head and influence
-    alpha: float = field(default=0.9, metadata={"help": "Weight of the KD term in the proxy loss, in [0, 1]."})
-    temperature: float = field(default=4.0, metadata={"help": "KD temperature tau of the proxy loss, > 0."})
-    l2: float = field(default=1e-3, metadata={"help": "L2 regularisation lambda of the proxy head weights (mean loss scale)."})
-    standardize: bool = field(default=True, metadata={"help": "Standardise teacher features before the proxy head."})
+    alpha: float = field(
+        default=ProxyLoss.alpha, metadata={"help": "Weight of the KD term in the proxy loss, in [0, 1]."}
+    )
+    temperature: float = field(
+        default=ProxyLoss.temperature, metadata={"help": "KD temperature tau of the proxy loss, > 0."}
+    )
+    l2: float = field(
+        default=ProxyLoss.l2, metadata={"help": "L2 regularisation lambda of the proxy head weights (mean loss scale)."}
+    )
+    standardize: bool = field(
+        default=InfluenceArguments.standardize, metadata={"help": "Standardise teacher features before the proxy head."}
+    )
     hessian: str = field(
-        default="auto",
+        default=InfluenceArguments.hessian,
         metadata={"help": "Inverse-Hessian path: exact (dense), kfac (Kronecker-factored preconditioned CG) or auto (by size)."},
     )
     exact_max_params: int = field(
-        default=20_000, metadata={"help": "With hessian=auto, use the dense Hessian while C * (d + 1) is at most this."}
+        default=InfluenceArguments.exact_max_params,
+        metadata={"help": "With hessian=auto, use the dense Hessian while C * (d + 1) is at most this."}
     )
-    cg_max_iter: int = field(default=200, metadata={"help": "Max conjugate-gradient iterations on the kfac path."})
-    cg_tol: float = field(default=1e-6, metadata={"help": "Relative residual at which conjugate gradients stop."})
-    fit_max_iter: int = field(default=200, metadata={"help": "Max L-BFGS iterations of the proxy-head fit."})
+    cg_max_iter: int = field(
+        default=InfluenceArguments.cg_max_iter, metadata={"help": "Max conjugate-gradient iterations on the kfac path."}
+    )
+    cg_tol: float = field(
+        default=InfluenceArguments.cg_tol, metadata={"help": "Relative residual at which conjugate gradients stop."}
+    )
+    fit_max_iter: int = field(
+        default=InfluenceArguments.fit_max_iter, metadata={"help": "Max L-BFGS iterations of the proxy-head fit."}
+    )
     fit_subsample: Optional[int] = field(
         default=None, metadata={"help": "Fit the proxy head on at most this many random rows (None: all rows)."}
     )
@@ -83,12 +275,14 @@ class PrunerConfig:
     )
     val_max_per_class: int = field(default=2000, metadata={"help": "Cap on validation rows per class."})
     stream_chunk_size: int = field(
-        default=65_536, metadata={"help": "Rows per chunk when scoring streams cached features (bounds peak memory)."}
+        default=InfluenceArguments.chunk_size,
+        metadata={"help": "Rows per chunk when scoring streams cached features (bounds peak memory)."}
     )
 
     # Beta policy
     stratify: bool = field(
-        default=True, metadata={"help": "Rank within each class and keep each class's share of the budget."}
+        default=PolicyArguments.stratify,
+        metadata={"help": "Rank within each class and keep each class's share of the budget."}
     )
     policy_a: Optional[float] = field(
         default=None, metadata={"help": "Fix the Beta policy's a (with policy_b) instead of learning it."}
@@ -97,25 +291,33 @@ class PrunerConfig:
         default=None, metadata={"help": "Fix the Beta policy's b (with policy_a) instead of learning it."}
     )
     policy_max_ab: float = field(
-        default=2.0,
+        default=PolicyArguments.max_ab,
         metadata={
             "help": "The learned a and b stay in [max(0.1, 1 / policy_max_ab), policy_max_ab]. 2 allows only mild leans "
             "from uniform (at most Beta(2, 0.5) towards the top); 50 reaches keep-the-top, which the proxy always "
             "prefers and distilled students punish when few rows are kept (docs/results.md)."
         },
     )
-    outer_steps: int = field(default=20, metadata={"help": "Outer (hypergradient) steps of the bilevel policy learning."})
-    outer_lr: float = field(default=0.2, metadata={"help": "Adam learning rate on (log a, log b)."})
+    outer_steps: int = field(
+        default=PolicyArguments.outer_steps,
+        metadata={"help": "Outer (hypergradient) steps of the bilevel policy learning."},
+    )
+    outer_lr: float = field(
+        default=PolicyArguments.outer_lr, metadata={"help": "Adam learning rate on (log a, log b)."}
+    )
     inner_epochs: float = field(
-        default=15.0,
+        default=PolicyArguments.inner_epochs,
         metadata={"help": "Epochs of the from-scratch inner proxy fit over the kept rows: mirror the student's budget."},
     )
     inner_batch_size: int = field(
-        default=128, metadata={"help": "Batch size that turns inner epochs into inner steps (steps = epochs * m / batch)."}
+        default=PolicyArguments.inner_batch_size,
+        metadata={"help": "Batch size that turns inner epochs into inner steps (steps = epochs * m / batch)."}
     )
-    inner_lr: float = field(default=0.1, metadata={"help": "Learning rate of the inner proxy fit."})
+    inner_lr: float = field(
+        default=PolicyArguments.inner_lr, metadata={"help": "Learning rate of the inner proxy fit."}
+    )
     policy_subsample: Optional[int] = field(
-        default=4_000,
+        default=PolicyArguments.subsample,
         metadata={"help": "Rows (stratified) the bilevel problem is solved on; cost grows with its square. None: all rows."},
     )
 
@@ -126,8 +328,8 @@ class PrunerConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-        if not 1.0 < self.policy_max_ab <= 50.0:
-            raise ValueError(f"policy_max_ab must be in (1, 50], got {self.policy_max_ab}.")
+        if not 1.0 < self.policy_max_ab <= MAX_AB:
+            raise ValueError(f"policy_max_ab must be in (1, {MAX_AB:g}], got {self.policy_max_ab}.")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}.")
         if self.hessian not in HESSIAN_MODES:
@@ -164,9 +366,26 @@ class PrunerConfig:
         for name in ("inner_epochs", "inner_lr", "outer_lr", "cg_tol"):
             if not getattr(self, name) > 0:  # also rejects NaN
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
-        from .scorers import get_method  # late import: the registry imports this module
 
-        get_method(self.method)  # raises with the list of valid methods
+    def stages(self) -> PrunerStages:
+        """This config split into the arguments of each stage: the one place where its fields are unpacked."""
+        return PrunerStages(
+            teacher_pass=TeacherPassArguments(
+                batch_size=self.batch_size, num_workers=self.num_workers, chunk_size=self.chunk_size,
+                cache_dir=self.cache_dir, features_dtype=self.features_dtype, precision=self.teacher_precision,
+            ),
+            loss=ProxyLoss(alpha=self.alpha, temperature=self.temperature, l2=self.l2),
+            influence=InfluenceArguments(
+                standardize=self.standardize, hessian=self.hessian, exact_max_params=self.exact_max_params,
+                cg_max_iter=self.cg_max_iter, cg_tol=self.cg_tol, fit_max_iter=self.fit_max_iter,
+                fit_subsample=self.fit_subsample, chunk_size=self.stream_chunk_size,
+            ),
+            policy=PolicyArguments(
+                outer_steps=self.outer_steps, outer_lr=self.outer_lr, inner_epochs=self.inner_epochs,
+                inner_batch_size=self.inner_batch_size, inner_lr=self.inner_lr, subsample=self.policy_subsample,
+                max_ab=self.policy_max_ab, stratify=self.stratify, chunk_size=self.stream_chunk_size,
+            ),
+        )  # fmt: skip
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,11 +1,21 @@
 """Knowledge-distillation losses as pure functions of logits."""
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "soft_target_kl"]
+__all__ = ["ProxyLoss", "kd_loss", "soft_target_kl"]
+
+
+@dataclass(frozen=True)
+class ProxyLoss:
+    """The proxy head's training loss: `alpha * tau^2 * KL(teacher_tau || head_tau) + (1 - alpha) * CE + l2/2 |W|^2`."""
+
+    alpha: float = 0.9
+    temperature: float = 4.0
+    l2: float = 1e-3
 
 
 def soft_target_kl(

@@ -1,4 +1,4 @@
-"""Beta sampling policy over influence rank positions, and bilevel learning of its (a, b).
+"""Beta sampling policy over influence rank positions, and the bilevel objective that learns its (a, b).
 
 Row i sits at rank position `u_i in (0, 1)` of its class (0 = least helpful, 1 = most helpful).
 The policy `Beta(a, b)` gives it the weight `w_i = BetaPDF(u_i; a, b)` and keeps m rows drawn
@@ -6,57 +6,28 @@ without replacement in proportion to `w` (Gumbel-top-k), with per-class budgets.
 uniform random (a = b = 1), keep-the-top (a >> b), keep-the-bottom (b >> a), keep-the-middle
 (a, b > 1) and keep-both-tails (a, b < 1).
 
-`learn_beta_policy` picks (a, b) by minimising the validation KD loss of a linear proxy head in
-teacher-feature space trained on the rows the policy keeps. The inner fit mirrors the student's
-budget: from scratch, a number of steps
-proportional to the kept rows. The discrete subset is relaxed into soft inclusion weights
-`q_i = min(1, c * w_i)` with `sum q_i = m`, and the hypergradient with respect to
-(log a, log b) is the exact derivative of the unrolled inner steps, computed in forward mode
-(two tangent directions carried through the loop: no stored trajectory, cost about 3 inner fits).
+`PolicyObjective` is the loss by which `policy_learning.learn_beta_policy` picks (a, b): the validation KD
+loss of a linear proxy head in teacher-feature space trained on the rows the policy keeps. The inner fit mirrors
+the student's budget: from scratch, a number of steps proportional to the kept rows. The discrete subset is
+relaxed into soft inclusion weights `q_i = min(1, c * w_i)` with `sum q_i = m`, and the hypergradient with
+respect to (log a, log b) is the exact derivative of the unrolled inner steps, computed in forward mode (two
+tangent directions carried through the loop: no stored trajectory, cost about 3 inner fits).
 """
 
-import logging
 import math
-import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = [
-    "BetaPolicy",
-    "PolicyLearningResult",
-    "PolicyObjective",
-    "class_budgets",
-    "learn_beta_policy",
-    "num_kept",
-    "rank_positions",
-]
+from .selection import check_labels, check_ratio, class_budgets, class_rows, gumbel_top_k, num_kept, select_per_class
 
-logger = logging.getLogger(__name__)
+__all__ = ["BetaPolicy", "PolicyObjective", "rank_positions"]
 
-# Box of the outer problem on (log a, log b): Beta(0.1, .) is already an extreme two-tailed
-# policy, Beta(50, 1) keeps essentially the top of each class.
-MIN_AB, MAX_AB = 0.1, 50.0
-LOG_AB_MIN, LOG_AB_MAX = math.log(MIN_AB), math.log(MAX_AB)
 # Weights below exp(-700) of the largest are floored there: every row keeps a positive weight,
 # so the soft budget is always reachable (float64 exp underflows at about -745).
 _LOG_WEIGHT_FLOOR = -700.0
-
-
-def num_kept(n: int, ratio: float) -> int:
-    """Rows kept when `ratio` of `n` rows are pruned: `round((1 - ratio) * n)`; a `ValueError` when that is 0.
-
-    Args:
-        n (`int`): number of rows.
-        ratio (`float`): fraction of rows to remove, in (0, 1).
-    """
-    ratio = check_ratio(ratio)
-    m = int(round((1.0 - ratio) * n))
-    if m < 1:
-        raise ValueError(f"ratio={ratio} keeps {m} of {n} rows; lower the ratio so at least one row is kept.")
-    return m
 
 
 def rank_positions(
@@ -85,7 +56,7 @@ def rank_positions(
         raise ValueError(f"scores must be finite; found {int((~np.isfinite(scores)).sum())} NaN / inf values.")
     n = scores.size
     if stratify and labels is not None:
-        labels = _check_labels(labels, n)
+        labels = check_labels(labels, n)
         # lexsort is stable: sorted by label, then by score, ties by row index
         order = np.lexsort((scores, labels))
         counts = np.bincount(labels)
@@ -99,34 +70,6 @@ def rank_positions(
     u = np.empty(n)
     u[order] = (np.arange(n) + 0.5) / n
     return u
-
-
-def class_budgets(labels: np.ndarray, m: int) -> np.ndarray:
-    """Per-class keep counts proportional to class sizes, summing exactly to `m`.
-
-    Largest-remainder rounding: each class gets `floor(m * n_c / n)`, and the rows left go one each
-    to the classes with the largest remainders (ties: lower class id first). No class gets more
-    than its size.
-
-    Args:
-        labels (`np.ndarray`): (n,) non-negative integer class ids.
-        m (`int`): total rows to keep, in [0, n].
-
-    Returns:
-        `np.ndarray`: (C,) int64 with C = labels.max() + 1; entry c is the budget of class c.
-    """
-    labels = _check_labels(labels, None)
-    n = labels.size
-    if isinstance(m, bool) or not float(m).is_integer() or not 0 <= m <= n:
-        raise ValueError(f"m must be an integer in [0, {n}] (the number of rows), got {m}.")
-    m = int(m)
-    counts = np.bincount(labels).astype(np.int64)
-    base, remainder = np.divmod(m * counts, n)  # exact integer arithmetic
-    left = m - int(base.sum())
-    # largest remainder first; stable sort keeps lower class ids first among ties
-    order = np.argsort(-remainder, kind="stable")
-    base[order[:left]] += 1
-    return base
 
 
 @dataclass
@@ -176,9 +119,9 @@ class BetaPolicy:
     ) -> np.ndarray:
         """Keep `m = round((1 - ratio) * n)` rows drawn without replacement in proportion to the weights.
 
-        Gumbel-top-k: row i gets the key `log w_i + G_i` with `G_i ~ Gumbel(0, 1)` i.i.d., and the
-        m largest keys are kept (per class, with `class_budgets`, when stratified). This is exactly
-        sequential sampling without replacement proportional to `w`.
+        Gumbel-top-k (`selection.gumbel_top_k`): row i gets the key `log w_i + G_i` with `G_i ~ Gumbel(0, 1)`
+        i.i.d., and the m largest keys are kept (per class, with `class_budgets`, when stratified). This is
+        exactly sequential sampling without replacement proportional to `w`.
 
         Args:
             u (`np.ndarray`): (n,) rank positions in (0, 1).
@@ -193,19 +136,10 @@ class BetaPolicy:
         u = _check_positions(u)
         n = u.size
         m = num_kept(n, ratio)
-        keys = self.log_weights(u) + np.random.default_rng(seed).gumbel(size=n)  # (n,)
-        if stratify and labels is not None:
-            labels = _check_labels(labels, n)
-            budgets = class_budgets(labels, m)
-            kept = [
-                rows[np.argsort(-keys[rows], kind="stable")[: budgets[c]]]
-                for c, rows in enumerate(_class_rows(labels))
-                if budgets[c] > 0
-            ]
-            kept = np.concatenate(kept)
-        else:
-            kept = np.argsort(-keys, kind="stable")[:m]
-        return np.sort(kept).astype(np.int64)
+        stratify = stratify and labels is not None
+        labels = check_labels(labels, n) if stratify else np.zeros(n, dtype=np.int64)
+        pick = gumbel_top_k(self.log_weights(u), np.random.default_rng(seed), draw="rows")
+        return select_per_class(labels, m, stratify, pick)
 
     def to_dict(self) -> Dict[str, float]:
         return {"a": self.a, "b": self.b}
@@ -219,38 +153,6 @@ class BetaPolicy:
 
     def __repr__(self) -> str:
         return f"BetaPolicy(a={self.a:.4g}, b={self.b:.4g})"
-
-
-@dataclass
-class PolicyLearningResult:
-    """What `learn_beta_policy` found.
-
-    Args:
-        policy (`BetaPolicy`): the policy to use (uniform when the learned one did not beat it).
-        history (`List[Dict]`): per outer step: `step`, `a`, `b`, soft outer `loss`, `grad` (on log a, log b).
-        val_loss_learned (`float`): mean proxy validation loss of discrete subsets of the learned policy.
-        val_loss_uniform (`float`): the same for the uniform policy (same seeds, same budget).
-        fell_back_to_uniform (`bool`): the learned policy did not beat uniform on discrete subsets.
-        info (`Dict`): sizes, inner steps, the learned (a, b) before any fallback, timings.
-    """
-
-    policy: BetaPolicy
-    history: List[Dict] = field(default_factory=list)
-    val_loss_learned: float = float("nan")
-    val_loss_uniform: float = float("nan")
-    fell_back_to_uniform: bool = False
-    info: Dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-friendly summary (policy, history, both validation losses, fallback flag, info)."""
-        return {
-            **self.policy.to_dict(),
-            "history": self.history,
-            "val_loss_learned": self.val_loss_learned,
-            "val_loss_uniform": self.val_loss_uniform,
-            "fell_back_to_uniform": self.fell_back_to_uniform,
-            "info": self.info,
-        }
 
 
 class PolicyObjective:
@@ -333,7 +235,7 @@ class PolicyObjective:
         # Soft-budget groups: per class (class_budgets) or all rows.
         if stratify:
             budgets = class_budgets(labels, self.m)
-            self.groups = [(rows, int(budgets[c])) for c, rows in enumerate(_class_rows(labels)) if rows.size]
+            self.groups = [(rows, int(budgets[c])) for c, rows in enumerate(class_rows(labels)) if rows.size]
         else:
             self.groups = [(np.arange(n), self.m)]
         self.stratify = stratify
@@ -523,203 +425,6 @@ class PolicyObjective:
             return float(self.validation_loss(w)[0])
 
 
-def learn_beta_policy(
-    features: np.ndarray,
-    logits: np.ndarray,
-    labels: np.ndarray,
-    u: np.ndarray,
-    ratio: float,
-    val_indices: np.ndarray,
-    *,
-    alpha: float = 0.9,
-    temperature: float = 4.0,
-    l2: float = 1e-3,
-    outer_steps: int = 20,
-    outer_lr: float = 0.2,
-    inner_epochs: float = 15.0,
-    inner_batch_size: int = 128,
-    inner_lr: float = 0.1,
-    subsample: Optional[int] = 4_000,
-    stratify: bool = True,
-    seed: int = 0,
-    device=None,
-    val_subsample: Optional[int] = 2_000,
-    eval_seeds: int = 3,
-    num_threads: Optional[int] = 1,
-    max_ab: float = 50.0,
-) -> PolicyLearningResult:
-    """Learn the Beta policy's (a, b) by minimising the proxy validation KD loss (bilevel, hypergradient).
-
-    The problem is solved on a stratified random subsample of the non-validation rows. Adam on
-    (log a, log b) starts from the uniform policy (0, 0), stays in [log 0.1, log 50]^2 and returns
-    the iterate with the lowest soft outer loss. That policy is then checked on discrete subsets
-    (`eval_seeds` draws of `BetaPolicy.select`, the head trained on each hard subset with the same
-    budget) against uniform on the same seeds; if it is not better, the result is uniform
-    (a = b = 1, `fell_back_to_uniform=True`): a policy that cannot beat random learns to be random.
-
-    Args:
-        features (`np.ndarray`): (n, d) teacher features (may be a memmap; only the subsample is read).
-        logits (`np.ndarray`): (n, C) teacher logits.
-        labels (`np.ndarray`): (n,) class ids.
-        u (`np.ndarray`): (n,) rank positions in (0, 1) (`rank_positions`).
-        ratio (`float`): fraction of rows to remove, in (0, 1).
-        val_indices (`np.ndarray`): validation rows (held out of the training set, never the test set).
-        alpha (`float`), temperature (`float`), l2 (`float`): the proxy's KD-aligned loss.
-        outer_steps (`int`): outer iterations (hypergradient evaluations).
-        outer_lr (`float`): Adam learning rate on (log a, log b).
-        inner_epochs (`float`): epochs of the inner fit over the kept rows:
-            T = ceil(inner_epochs * m / inner_batch_size) steps.
-        inner_batch_size (`int`): the student's batch size, which turns epochs into steps.
-        inner_lr (`float`): learning rate of the inner full-batch steps (momentum 0.9).
-        subsample (`int`, *optional*): training rows of the bilevel problem (stratified); None = all. The cost
-            grows with its square (rows per step x steps), so 4,000 keeps the learning near 10 s on 2 CPU cores
-            for CIFAR-10-sized inputs; 10,000 costs about 6x more.
-        stratify (`bool`): per-class budgets.
-        seed (`int`): seed of the subsamples and of the discrete checks.
-        device: torch device of the inner fits (default CPU). Float32 products run in IEEE float32 whatever the
-            TF32 setting (`hf_ifbeta.influence.ieee_float32`).
-        val_subsample (`int`, *optional*): cap on the validation rows used (stratified); None = all.
-        eval_seeds (`int`): discrete subsets per policy in the final check.
-        max_ab (`float`): the outer search stays in a, b in [max(0.1, 1 / max_ab), max_ab]. 50 lets the policy reach
-            keep-the-top; a small box (e.g. 2) allows only mild leans away from uniform.
-        num_threads (`int`, *optional*): torch CPU threads while learning (restored after); None leaves
-            torch's setting. The inner ops are small (C x n), and on a busy machine more threads than
-            free cores stall them (measured: 2 threads 3-10x slower than 1 on 2 shared cores).
-
-    Returns:
-        `PolicyLearningResult`.
-
-    Example:
-    ```python
-    >>> u = rank_positions(influence.scores, labels)
-    >>> result = learn_beta_policy(features, logits, labels, u, ratio=0.5, val_indices=val)
-    >>> kept = result.policy.select(u, 0.5, labels, seed=0)  # sorted ids of the kept rows, as if-beta does
-    ```
-    """
-    from .influence import ieee_float32
-
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        if num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}.")
-        torch.set_num_threads(num_threads)
-    try:
-        with ieee_float32():  # the float32 inner fits and tangents, whatever the TF32 setting
-            return _learn_beta_policy(
-                features, logits, labels, u, ratio, val_indices,
-                alpha=alpha, temperature=temperature, l2=l2, outer_steps=outer_steps, outer_lr=outer_lr,
-                inner_epochs=inner_epochs, inner_batch_size=inner_batch_size, inner_lr=inner_lr,
-                subsample=subsample, stratify=stratify, seed=seed, device=device,
-                val_subsample=val_subsample, eval_seeds=eval_seeds, max_ab=max_ab,
-            )  # fmt: skip
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _learn_beta_policy(
-    features, logits, labels, u, ratio, val_indices, *, alpha, temperature, l2, outer_steps, outer_lr,
-    inner_epochs, inner_batch_size, inner_lr, subsample, stratify, seed, device, val_subsample, eval_seeds, max_ab,
-) -> PolicyLearningResult:  # fmt: skip
-    start = time.perf_counter()
-    features, logits, labels = _check_arrays(features, logits, labels)
-    n = features.shape[0]
-    u = _check_positions(u, n)
-    ratio = check_ratio(ratio)
-    val_indices = np.asarray(val_indices)
-    if val_indices.ndim != 1 or val_indices.size == 0 or val_indices.dtype.kind not in "iu":
-        raise ValueError(
-            f"val_indices must be a non-empty 1-D integer array, got {val_indices.dtype} of shape {val_indices.shape}."
-        )
-    if val_indices.min() < 0 or val_indices.max() >= n or np.unique(val_indices).size != val_indices.size:
-        raise ValueError(f"val_indices must be distinct row ids in [0, {n}).")
-    if outer_steps < 1:
-        raise ValueError(f"outer_steps must be >= 1, got {outer_steps}.")
-    if eval_seeds < 1:
-        raise ValueError(f"eval_seeds must be >= 1, got {eval_seeds}.")
-    if not 1.0 < max_ab <= MAX_AB:
-        raise ValueError(f"max_ab must be in (1, {MAX_AB:g}], got {max_ab}.")
-    for name, value in (("subsample", subsample), ("val_subsample", val_subsample)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1 or None, got {value}.")
-
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(n, dtype=bool)
-    is_val[val_indices] = True
-    train = _stratified_subsample(np.flatnonzero(~is_val), labels, subsample, rng)
-    val = _stratified_subsample(np.sort(val_indices), labels, val_subsample, rng)
-    objective = PolicyObjective(
-        features[train], logits[train], labels[train], u[train], ratio,
-        features[val], logits[val], labels[val],
-        alpha=alpha, temperature=temperature, l2=l2, inner_epochs=inner_epochs,
-        inner_batch_size=inner_batch_size, inner_lr=inner_lr, stratify=stratify, device=device,
-    )  # fmt: skip
-
-    # Outer loop: Adam on (log a, log b), from the uniform policy.
-    theta = np.zeros(2)
-    m1, m2 = np.zeros(2), np.zeros(2)
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    history: List[Dict] = []
-    for step in range(outer_steps):
-        loss, grad = objective.hypergradient(theta)
-        history.append(
-            {"step": step, "a": math.exp(theta[0]), "b": math.exp(theta[1]), "loss": loss, "grad": grad.tolist()}
-        )
-        if step == outer_steps - 1:
-            break
-        m1 = beta1 * m1 + (1 - beta1) * grad
-        m2 = beta2 * m2 + (1 - beta2) * grad**2
-        theta = theta - outer_lr * (m1 / (1 - beta1 ** (step + 1))) / (np.sqrt(m2 / (1 - beta2 ** (step + 1))) + eps)
-        theta = np.clip(theta, max(LOG_AB_MIN, -math.log(max_ab)), math.log(max_ab))
-    best = min(history, key=lambda h: h["loss"])
-    learned = BetaPolicy(best["a"], best["b"])
-    learn_time = time.perf_counter() - start
-
-    # Discrete check against uniform: same seeds, same budget, the head trained on each hard subset.
-    u_train, labels_train = objective.u, objective.labels
-    seeds = [seed + k for k in range(eval_seeds)]
-
-    def discrete(policy: BetaPolicy) -> List[float]:
-        subsets = [policy.select(u_train, ratio, labels_train, stratify=stratify, seed=s) for s in seeds]
-        return [objective.subset_loss(rows) for rows in subsets]
-
-    uniform_losses = discrete(BetaPolicy(1.0, 1.0))
-    is_uniform = learned.a == 1.0 and learned.b == 1.0  # the best iterate was the starting point
-    learned_losses = uniform_losses if is_uniform else discrete(learned)
-    val_loss_uniform, val_loss_learned = float(np.mean(uniform_losses)), float(np.mean(learned_losses))
-    fell_back = not is_uniform and not val_loss_learned < val_loss_uniform
-    policy = BetaPolicy(1.0, 1.0) if fell_back else learned
-    info = {
-        "learned_a": learned.a,
-        "learned_b": learned.b,
-        "best_step": best["step"],
-        "soft_loss_uniform": history[0]["loss"],
-        "soft_loss_learned": best["loss"],
-        "val_losses_learned": learned_losses,
-        "val_losses_uniform": uniform_losses,
-        "eval_seeds": seeds,
-        "num_train_rows": objective.n,
-        "num_kept_rows": objective.m,
-        "num_val_rows": int(val.size),
-        "inner_steps": objective.num_steps,
-        "learn_seconds": learn_time,
-        "total_seconds": time.perf_counter() - start,
-        "device": str(objective.device),
-    }
-    logger.info(
-        "Beta policy at ratio %.2f: learned %r (soft loss %.4f vs uniform %.4f; discrete %.4f vs %.4f)%s in %.1fs",
-        ratio, learned, best["loss"], history[0]["loss"], val_loss_learned, val_loss_uniform,
-        ", fell back to uniform" if fell_back else "", info["total_seconds"],
-    )  # fmt: skip
-    return PolicyLearningResult(
-        policy=policy,
-        history=history,
-        val_loss_learned=val_loss_learned,
-        val_loss_uniform=val_loss_uniform,
-        fell_back_to_uniform=fell_back,
-        info=info,
-    )
-
-
 # -------------------------------------------------------------------- helpers
 def _saturation(log_w: np.ndarray, budget: int) -> Tuple[np.ndarray, np.ndarray]:
     """Split a group's rows into saturated (q = 1) and free ones for `q = min(1, c w)`, `sum q = budget`.
@@ -745,31 +450,6 @@ def _saturation(log_w: np.ndarray, budget: int) -> Tuple[np.ndarray, np.ndarray]
     return order[:num_saturated], order[num_saturated:]
 
 
-def _class_rows(labels: np.ndarray) -> List[np.ndarray]:
-    """Row ids of each class 0..C-1 (ascending; empty for absent ids), in one O(n log n) pass."""
-    order = np.argsort(labels, kind="stable")
-    bounds = np.cumsum(np.bincount(labels))[:-1]
-    return np.split(order, bounds)
-
-
-def _stratified_subsample(rows: np.ndarray, labels: np.ndarray, size: Optional[int], rng) -> np.ndarray:
-    """Sorted random subset of `rows` of `size` rows (all when None or larger), class proportions kept."""
-    if size is None or size >= rows.size:
-        return rows
-    row_labels = labels[rows]
-    budgets = class_budgets(row_labels, size)
-    picked = [rng.choice(members, budgets[c], replace=False) for c, members in enumerate(_class_rows(row_labels))]
-    return np.sort(rows[np.concatenate(picked)])
-
-
-def check_ratio(ratio) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating, np.integer)):
-        raise ValueError(f"ratio must be a float in (0, 1) (the fraction of rows to remove), got {ratio!r}.")
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio must be in (0, 1) (the fraction of rows to remove), got {ratio}.")
-    return float(ratio)
-
-
 def _check_positions(u, n: Optional[int] = None) -> np.ndarray:
     u = np.asarray(u, dtype=np.float64)
     if u.ndim != 1 or u.size == 0:
@@ -783,22 +463,6 @@ def _check_positions(u, n: Optional[int] = None) -> np.ndarray:
     return u
 
 
-def _check_labels(labels, n: Optional[int]) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}.")
-    if n is not None and labels.size != n:
-        raise ValueError(f"labels has {labels.size} rows but u / scores have {n}.")
-    if labels.dtype.kind not in "iu":
-        if labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0):
-            labels = labels.astype(np.int64)
-        else:
-            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}.")
-    if labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {labels.min()}.")
-    return labels.astype(np.int64, copy=False)
-
-
 def _check_arrays(features, logits, labels, prefix: str = ""):
     features = np.asarray(features)
     logits = np.asarray(logits)
@@ -806,7 +470,7 @@ def _check_arrays(features, logits, labels, prefix: str = ""):
         raise ValueError(f"{prefix}features must be (n, d), got shape {features.shape}.")
     if logits.ndim != 2 or logits.shape[0] != features.shape[0]:
         raise ValueError(f"{prefix}logits must be (n, C) with n = {features.shape[0]}, got shape {logits.shape}.")
-    labels = _check_labels(labels, None)
+    labels = check_labels(labels)
     if labels.size != features.shape[0]:
         raise ValueError(f"{prefix}labels has {labels.size} rows but {prefix}features has {features.shape[0]}.")
     return features, logits, labels

@@ -19,26 +19,16 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .config import PrunerConfig
+from .config import PrunerConfig, resolve_device
 from .data import check_dataset, column_values
 from .features import TeacherOutputs, compute_teacher_outputs
 from .models import load_model
-from .policy import check_ratio
 from .scorers import ScoringContext, Selection, get_method
+from .selection import check_ratio
 
 __all__ = ["DatasetPruner", "PruningResult", "resolve_device", "validation_split"]
 
 RESULT_FILE = "pruning_result.json"
-
-
-def resolve_device(device: Optional[Union[str, torch.device]] = None, accelerator: Any = None) -> torch.device:
-    """The one device of every pruning stage: `device` when given, else `accelerator.device`, else CUDA when
-    available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if getattr(accelerator, "device", None) is not None:
-        return torch.device(accelerator.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def from_main_process(obj: Any, accelerator: Any = None) -> Any:
@@ -370,30 +360,24 @@ class DatasetPruner:
         if unknown:
             raise TypeError(f"Unknown PrunerConfig fields: {sorted(unknown)}. See `PrunerConfig` for the valid ones.")
         self.config = dataclasses.replace(config, **kwargs) if kwargs else config
+        self.method = get_method(self.config.method)  # the one check of the name, before the teacher loads
+        self.stages = self.config.stages()
         self.teacher_name = teacher if isinstance(teacher, str) else _teacher_name(teacher)
         self.teacher = load_model(teacher).eval()
         self.accelerator = accelerator
         self.device = resolve_device(device, accelerator)
-        self.method = get_method(self.config.method)
         self.last_result: Optional[PruningResult] = None
 
     def teacher_outputs(self, dataset: datasets.Dataset) -> TeacherOutputs:
         """The teacher pass over `dataset`: features, logits and labels per row (cached, resumable)."""
-        c = self.config
+        args = self.stages.teacher_pass
         return compute_teacher_outputs(
-            self.teacher,
-            dataset,
-            c.image_column,
-            c.label_column,
-            batch_size=c.batch_size,
-            num_workers=c.num_workers if c.num_workers is not None else self._num_workers(len(dataset)),
-            chunk_size=c.chunk_size,
-            cache_dir=c.cache_dir,
-            features_dtype=c.features_dtype,
-            precision=c.teacher_precision,
-            accelerator=self.accelerator,
-            device=self.device,
-        )
+            self.teacher, dataset, self.config.image_column, self.config.label_column,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers if args.num_workers is not None else self._num_workers(len(dataset)),
+            chunk_size=args.chunk_size, cache_dir=args.cache_dir, features_dtype=args.features_dtype,
+            precision=args.precision, accelerator=self.accelerator, device=self.device,
+        )  # fmt: skip
 
     def _num_workers(self, num_rows: int) -> int:
         """Decoding workers of the teacher pass: this process's share of the CPU cores less one (which runs the
@@ -471,28 +455,13 @@ class DatasetPruner:
     def _influence(self, outputs: TeacherOutputs, val_indices: np.ndarray):
         from .influence import influence_scores
 
-        c = self.config
+        loss, args = self.stages.loss, self.stages.influence
         return influence_scores(
-            outputs.features,
-            outputs.logits,
-            outputs.labels,
-            val_indices,
-            alpha=c.alpha,
-            temperature=c.temperature,
-            l2=c.l2,
-            standardize=c.standardize,
-            hessian=c.hessian,
-            exact_max_params=c.exact_max_params,
-            cg_max_iter=c.cg_max_iter,
-            cg_tol=c.cg_tol,
-            fit_max_iter=c.fit_max_iter,
-            fit_subsample=c.fit_subsample,
-            init_head=outputs.head,
-            self_influence=self.method.needs_self_influence(c),
-            chunk_size=c.stream_chunk_size,
-            seed=c.seed,
-            device=self.device,
-        )
+            outputs.features, outputs.logits, outputs.labels, val_indices,
+            alpha=loss.alpha, temperature=loss.temperature, l2=loss.l2, **dataclasses.asdict(args),
+            init_head=outputs.head, self_influence=self.method.needs_self_influence(self.config),
+            seed=self.config.seed, device=self.device,
+        )  # fmt: skip
 
     def _provenance(self, dataset: datasets.Dataset, outputs: TeacherOutputs) -> Dict[str, Any]:
         info = getattr(dataset, "info", None)

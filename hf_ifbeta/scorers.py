@@ -18,22 +18,26 @@ the teacher. A method is one class registered under a string, as models are in t
 
 The default `PruningMethod.select` keeps the highest scores, within each class when `config.stratify`
 (class budgets that preserve the class proportions), so a "score, keep the highest" method only
-writes `score`. Every selection keeps exactly `m = round((1 - ratio) * n)` rows, returns them as sorted
-unique row ids and is a deterministic function of (scores, ratio, seed).
+writes `score`. Every selection goes through `selection.select_per_class`: it keeps exactly
+`m = round((1 - ratio) * n)` rows, returns them as sorted unique row ids and is a deterministic function of
+(scores, ratio, seed).
 """
 
+import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 import numpy as np
 from scipy.special import betaln, logsumexp
 
-from .policy import _class_rows, class_budgets, num_kept
+from .config import PolicyReduction, PrunerConfig, PrunerStages
+from .policy import BetaPolicy, rank_positions
+from .policy_scale import learn_beta_policy_at_scale
+from .selection import check_ratio, class_rows, gumbel_top_k, num_kept, select_per_class, top_k
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import PrunerConfig
     from .features import TeacherOutputs
     from .influence import InfluenceOutput
 
@@ -44,7 +48,6 @@ __all__ = [
     "register_method",
     "get_method",
     "list_methods",
-    "select_per_class",
     "ccs_bin_budgets",
     "ccs_hard_cutoff",
 ]
@@ -70,12 +73,19 @@ class ScoringContext:
             method has `needs_influence` (with self-influence when `method.needs_self_influence(config)`).
         device (`str`, *optional*): the pruner's one device (`DatasetPruner.device`), for methods that compute
             with torch (the if-beta policy).
+
+    Attributes:
+        stages (`PrunerStages`): `config.stages()`, the arguments of each stage (the policy's for if-beta).
     """
 
-    config: "PrunerConfig"
+    config: PrunerConfig
     val_indices: np.ndarray
     influence: Optional["InfluenceOutput"] = None
     device: Optional[str] = None
+    stages: PrunerStages = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.stages = self.config.stages()
 
 
 @dataclass
@@ -132,57 +142,8 @@ def get_method(name: str, **kwargs) -> "PruningMethod":
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Shared selection helpers
+# Shared helpers
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _groups(labels: np.ndarray, m: int, stratify: bool) -> Iterator[Tuple[np.ndarray, int]]:
-    """(rows, k) pairs: each class with its budget when `stratify`, else all rows with m."""
-    if not stratify:
-        yield np.arange(len(labels)), m
-        return
-    for rows, k in zip(_class_rows(labels), class_budgets(labels, m)):
-        if k > 0:
-            yield rows, int(k)
-
-
-def select_per_class(
-    labels: np.ndarray, m: int, stratify: bool, pick: Callable[[np.ndarray, int], np.ndarray]
-) -> np.ndarray:
-    """Apply `pick(rows, k) -> kept rows` to each class with its budget (or to all rows), return sorted ids.
-
-    The one place where budgets (`hf_ifbeta.policy.class_budgets`), stratification and the exact-size check
-    live; every method's rule is a `pick`.
-    """
-    kept = [np.asarray(pick(rows, k), dtype=np.int64) for rows, k in _groups(np.asarray(labels), m, stratify)]
-    indices = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
-    if len(indices) != m or (m > 1 and np.any(np.diff(indices) == 0)):
-        raise RuntimeError(f"selection kept {len(indices)} rows ({len(np.unique(indices))} unique), expected {m}.")
-    return indices
-
-
-def _top_k(scores: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
-    """`pick` that keeps the k highest scores; ties go to the lower row id."""
-
-    def pick(rows: np.ndarray, k: int) -> np.ndarray:
-        order = np.argsort(-scores[rows], kind="stable")
-        return rows[order[:k]]
-
-    return pick
-
-
-def _gumbel_top_k(log_weights: np.ndarray, rng: np.random.Generator) -> Callable[[np.ndarray, int], np.ndarray]:
-    """`pick` that draws k rows without replacement with probability proportional to `exp(log_weights)`.
-
-    Gumbel-top-k: the k largest `log w_i + Gumbel noise` are distributed as k successive draws without
-    replacement in proportion to w (Kool et al., 2019), so this is `np.random.choice(p=w/sum(w), replace=False)`.
-    """
-
-    def pick(rows: np.ndarray, k: int) -> np.ndarray:
-        keys = log_weights[rows] + rng.gumbel(size=len(rows))
-        return rows[np.argsort(-keys, kind="stable")[:k]]
-
-    return pick
 
 
 def _check_scores(method: str, outputs: "TeacherOutputs", scores: np.ndarray) -> np.ndarray:
@@ -198,10 +159,6 @@ def _check_scores(method: str, outputs: "TeacherOutputs", scores: np.ndarray) ->
 def _chunks(n: int, chunk_size: int) -> Iterator[slice]:
     for start in range(0, n, chunk_size):
         yield slice(start, min(start + chunk_size, n))
-
-
-def _chunk_size(context: Optional[ScoringContext]) -> int:
-    return getattr(getattr(context, "config", None), "stream_chunk_size", 65_536)
 
 
 def _teacher_log_probs(outputs: "TeacherOutputs", chunk_size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -270,7 +227,7 @@ class PruningMethod:
         """
         scores = _check_scores(self.name, outputs, scores)
         m = num_kept(len(scores), ratio)
-        return Selection(select_per_class(outputs.labels, m, context.config.stratify, _top_k(scores)))
+        return Selection(select_per_class(outputs.labels, m, context.config.stratify, top_k(scores)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -302,7 +259,7 @@ class EL2N(PruningMethod):
     def score(self, outputs, context):
         labels = np.asarray(outputs.labels)
         out = np.empty(len(labels))
-        for sl in _chunks(len(labels), _chunk_size(context)):
+        for sl in _chunks(len(labels), context.config.stream_chunk_size):
             z = np.asarray(outputs.logits[sl], dtype=np.float64)  # (b, C)
             p = np.exp(z - logsumexp(z, axis=1, keepdims=True))
             p[np.arange(len(p)), labels[sl]] -= 1.0
@@ -317,7 +274,7 @@ class Entropy(PruningMethod):
     def score(self, outputs, context):
         n = len(outputs.labels)
         out = np.empty(n)
-        for sl in _chunks(n, _chunk_size(context)):
+        for sl in _chunks(n, context.config.stream_chunk_size):
             z = np.asarray(outputs.logits[sl], dtype=np.float64)  # (b, C)
             log_p = z - logsumexp(z, axis=1, keepdims=True)
             out[sl] = -(np.exp(log_p) * log_p).sum(axis=1)
@@ -336,11 +293,10 @@ def ccs_hard_cutoff(ratio: float) -> float:
     0 below 0.7, 0.1 for [0.7, 0.9), 0.3 from 0.9. Provenance: beta = 0.3 at 90 % pruning on CIFAR-10 is the
     authors' published command (`--mis-ratio 0.3`, README of haizhongzheng/Coverage-centric-coreset-selection);
     beta = 0 at low ratios follows the paper's finding that the cutoff only pays at high pruning rates; the
-    0.1 at 70-80 % is our reading of the paper's CIFAR-10 hyper-parameter table, which we could not re-check
-    here. Pass `get_method("ccs", beta=...)` to set it explicitly.
+    0.1 at 70-80 % is read from the paper's CIFAR-10 hyper-parameter table. Pass `get_method("ccs", beta=...)`
+    to set it explicitly.
     """
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio (the fraction of rows to remove) must be in (0, 1), got {ratio}.")
+    ratio = check_ratio(ratio)
     beta = 0.0
     for threshold, value in CCS_HARD_CUTOFF:
         if ratio >= threshold - 1e-12:
@@ -439,7 +395,7 @@ class Moderate(PruningMethod):
     def score(self, outputs, context):
         labels = np.asarray(outputs.labels)
         out = np.empty(len(labels))
-        for rows in _class_rows(labels):
+        for rows in class_rows(labels):
             if len(rows) == 0:
                 continue
             h = np.asarray(outputs.features[rows], dtype=np.float32)  # (n_c, d)
@@ -495,20 +451,20 @@ class DualBeta(PruningMethod):
         return 16.0 - b, b
 
     def score(self, outputs, context):
-        _, log_1mp = _teacher_log_probs(outputs, _chunk_size(context))
+        _, log_1mp = _teacher_log_probs(outputs, context.config.stream_chunk_size)
         return np.exp(log_1mp)  # (n,) teacher difficulty 1 - p_y
 
     def select(self, outputs, scores, ratio, context, seed=0):
         scores = _check_scores(self.name, outputs, scores)
         m = num_kept(len(scores), ratio)
-        log_p, log_1mp = _teacher_log_probs(outputs, _chunk_size(context))
+        log_p, log_1mp = _teacher_log_probs(outputs, context.config.stream_chunk_size)
         hardest = np.argsort(-scores, kind="stable")[: self.num_anchor]
         anchor = float(np.exp(log_p[hardest]).mean())
         a, b = self.schedule(ratio, anchor)
         # log(BetaPDF(p; a, b) * s): the Beta normaliser is a constant and does not change the draw
         with np.errstate(divide="ignore"):
             log_w = (a - 1.0) * log_p + (b - 1.0) * log_1mp - betaln(a, b) + np.log(scores)
-        pick = _gumbel_top_k(log_w, np.random.default_rng(seed))
+        pick = gumbel_top_k(log_w, np.random.default_rng(seed), draw="groups")
         indices = select_per_class(outputs.labels, m, context.config.stratify, pick)
         logger.info("dual-beta: ratio %.3f, anchor p %.4f, Beta(a=%.3f, b=%.3f)", ratio, anchor, a, b)
         return Selection(indices, policy={"a": a, "b": b, "anchor": anchor, "c_d": self.c_d})
@@ -564,13 +520,20 @@ class IFBeta(PruningMethod):
     them into u (within each class when `config.stratify`); (a, b) is learned for this ratio by
     `learn_beta_policy` (bilevel, on the proxy head's validation KD loss), or fixed to
     `(config.policy_a, config.policy_b)` when both are set; `BetaPolicy.select` draws the kept rows. Above
-    `policy_scale.MAX_HEAD_PARAMS` head parameters (ImageNet) the bilevel problem is solved on a reduced copy
-    (a class subset, projected features): `hf_ifbeta.policy_scale.learn_beta_policy_at_scale`.
+    `PolicyReduction.max_head_params` head parameters (ImageNet) the bilevel problem is solved on a reduced copy
+    (a class subset and row subsample): `hf_ifbeta.policy_scale.learn_beta_policy_at_scale`.
     `Selection.policy` records a, b, whether they were learned, the outer-loop history, the validation losses
     of the learned and uniform policies and whether the learner fell back to uniform.
+
+    Args:
+        reduction (`PolicyReduction`, *optional*): when and how to reduce the bilevel problem of a large head;
+            default the config's (`PolicyArguments.reduction`).
     """
 
     needs_influence = True
+
+    def __init__(self, reduction: Optional[PolicyReduction] = None):
+        self.reduction = reduction
 
     def needs_self_influence(self, config):
         return config.score_type == "self-influence"
@@ -581,13 +544,12 @@ class IFBeta(PruningMethod):
         return np.asarray(_influence(context, self.name).scores)
 
     def select(self, outputs, scores, ratio, context, seed=0):
-        from .policy import BetaPolicy, rank_positions
-        from .policy_scale import learn_beta_policy_at_scale
-
         scores = _check_scores(self.name, outputs, scores)
-        m = num_kept(len(scores), ratio)  # validates ratio before any work
-        config = context.config
-        u = rank_positions(scores, outputs.labels, stratify=config.stratify)  # (n,) in (0, 1), 1 = most helpful
+        num_kept(len(scores), ratio)  # validates the ratio before any work
+        config, policy_args = context.config, context.stages.policy
+        if self.reduction is not None:
+            policy_args = dataclasses.replace(policy_args, reduction=self.reduction)
+        u = rank_positions(scores, outputs.labels, stratify=policy_args.stratify)  # (n,) in (0, 1), 1 = most helpful
         if config.policy_a is not None and config.policy_b is not None:
             policy = BetaPolicy(float(config.policy_a), float(config.policy_b))
             record = dict(
@@ -595,29 +557,10 @@ class IFBeta(PruningMethod):
                 info={},
             )
         else:
-            # learn_beta_policy, on a reduced copy of the problem for large heads (ImageNet): see policy_scale.
             result = learn_beta_policy_at_scale(
-                outputs.features,
-                outputs.logits,
-                outputs.labels,
-                u,
-                ratio,
-                context.val_indices,
-                alpha=config.alpha,
-                temperature=config.temperature,
-                l2=config.l2,
-                outer_steps=config.outer_steps,
-                outer_lr=config.outer_lr,
-                inner_epochs=config.inner_epochs,
-                inner_batch_size=config.inner_batch_size,
-                inner_lr=config.inner_lr,
-                subsample=config.policy_subsample,
-                max_ab=config.policy_max_ab,
-                stratify=config.stratify,
-                seed=seed,
-                device=context.device,
-                chunk_size=config.stream_chunk_size,
-            )
+                outputs.features, outputs.logits, outputs.labels, u, ratio, context.val_indices,
+                loss=context.stages.loss, policy_args=policy_args, seed=seed, device=context.device,
+            )  # fmt: skip
             policy = result.policy
             record = dict(
                 learned=True,
@@ -627,10 +570,7 @@ class IFBeta(PruningMethod):
                 fell_back_to_uniform=bool(result.fell_back_to_uniform),
                 info=dict(result.info),
             )
-        indices = policy.select(u, ratio, labels=outputs.labels, stratify=config.stratify, seed=seed)
-        indices = np.asarray(indices, dtype=np.int64)
-        if len(indices) != m or np.any(np.diff(indices) <= 0):
-            raise RuntimeError(f"BetaPolicy.select returned {len(indices)} rows, expected {m} sorted unique ids.")
+        indices = policy.select(u, ratio, labels=outputs.labels, stratify=policy_args.stratify, seed=seed)
         logger.info("if-beta: ratio %.3f, Beta(%.3f, %.3f), learned=%s", ratio, policy.a, policy.b, record["learned"])
         return Selection(indices, policy={"a": float(policy.a), "b": float(policy.b), **record})
 

@@ -117,8 +117,9 @@ def test_bad_input_is_named(make_pruner, tiny_ds):
         make_pruner(label_column="nolabel").prune(tiny_ds, ratio=0.3)
     with pytest.raises(ValueError, match="'pixels'"):
         make_pruner(image_column="pixels").prune(tiny_ds, ratio=0.3)
-    with pytest.raises(ValueError, match="Choose between|valid"):
-        PrunerConfig(method="kmeans")
+    with pytest.raises(ValueError, match="Unknown pruning method: 'kmeans'. Choose between") as err:
+        DatasetPruner("no-such-teacher", method="kmeans")  # checked before the teacher is loaded
+    assert "'if-beta'" in str(err.value) and "'moderate'" in str(err.value)
     with pytest.raises(TypeError, match="ratioo"):
         make_pruner(ratioo=0.3)
 
@@ -149,8 +150,8 @@ def test_every_stage_runs_on_the_resolved_device(make_pruner, tiny_ds, monkeypat
     """On a CUDA machine (faked: each stage records the device it is handed, then runs on the CPU) the teacher pass,
     influence and policy all get CUDA, and so does the policy of a result loaded from disk."""
     import hf_ifbeta.influence
-    import hf_ifbeta.policy_scale
     import hf_ifbeta.pruner
+    import hf_ifbeta.scorers
 
     seen = []
 
@@ -164,8 +165,8 @@ def test_every_stage_runs_on_the_resolved_device(make_pruner, tiny_ds, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(hf_ifbeta.pruner, "compute_teacher_outputs", spy("teacher pass", hf_ifbeta.pruner.compute_teacher_outputs))
     monkeypatch.setattr(hf_ifbeta.influence, "influence_scores", spy("influence", hf_ifbeta.influence.influence_scores))
-    policy = hf_ifbeta.policy_scale.learn_beta_policy_at_scale
-    monkeypatch.setattr(hf_ifbeta.policy_scale, "learn_beta_policy_at_scale", spy("policy", policy))
+    policy = hf_ifbeta.scorers.learn_beta_policy_at_scale
+    monkeypatch.setattr(hf_ifbeta.scorers, "learn_beta_policy_at_scale", spy("policy", policy))
     pruner = make_pruner(method="if-beta")
     pruner.prune(tiny_ds, ratio=0.5)
     assert seen == [("teacher pass", "cuda"), ("influence", "cuda"), ("policy", "cuda")]

@@ -2,17 +2,21 @@
 against the exact in-memory path, chunk sizes that must not change the kept rows, bounded resident memory while
 streaming a memory-mapped cache, and the reduced bilevel problem of `hf_ifbeta.policy_scale`."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import pearsonr
 
 from hf_ifbeta import policy_scale
-from hf_ifbeta.config import PrunerConfig
+from hf_ifbeta.config import PolicyArguments, PolicyReduction, PrunerConfig
 from hf_ifbeta.features import TeacherOutputs
 from hf_ifbeta.influence import _Data, _read_rows, influence_scores
-from hf_ifbeta.policy import learn_beta_policy, rank_positions
-from hf_ifbeta.policy_scale import learn_beta_policy_at_scale, random_projection
+from hf_ifbeta.losses import ProxyLoss
+from hf_ifbeta.policy import rank_positions
+from hf_ifbeta.policy_learning import learn_beta_policy
+from hf_ifbeta.policy_scale import learn_beta_policy_at_scale
 from hf_ifbeta.pruner import validation_split
 from hf_ifbeta.scorers import ScoringContext, get_method
 
@@ -92,11 +96,10 @@ def test_cross_fit_scores_the_fit_subsample_with_a_head_that_did_not_see_it():
 
 
 @pytest.mark.parametrize("method", ["influence", "if-beta", "if-beta-reduced"])
-def test_chunk_size_does_not_change_the_kept_rows(tmp_path, monkeypatch, method):
+def test_chunk_size_does_not_change_the_kept_rows(tmp_path, method):
+    method_kwargs = {}
     if method == "if-beta-reduced":  # force the reduced bilevel problem: 5 of 10 classes, features 24 -> 8
-        monkeypatch.setattr(policy_scale, "MAX_HEAD_PARAMS", 0)
-        monkeypatch.setattr(policy_scale, "PROJECTION_DIM", 8)
-        monkeypatch.setattr(policy_scale, "MAX_CLASSES", 5)
+        method_kwargs["reduction"] = PolicyReduction(max_head_params=0, projection_dim=8, max_classes=5)
     outputs = on_disk(teacher_outputs(n=5000), tmp_path / "cache")
     kept = []
     for chunk_size in (97, 3072):  # read 1,024 rows at a time (the minimum) or 3,072
@@ -109,7 +112,7 @@ def test_chunk_size_does_not_change_the_kept_rows(tmp_path, monkeypatch, method)
             outputs.features, outputs.logits, outputs.labels, val, hessian="kfac", fit_subsample=1200,
             chunk_size=chunk_size, init_head=outputs.head,
         )  # fmt: skip
-        pruning = get_method(config.method)
+        pruning = get_method(config.method, **method_kwargs)
         context = ScoringContext(config=config, val_indices=val, influence=influence)
         selection = pruning.select(outputs, pruning.score(outputs, context), 0.3, context, seed=0)
         if method != "influence":
@@ -190,11 +193,12 @@ def policy_problem(n=1500, d=16, num_classes=6, seed=0):
 
 def test_reduced_path_without_reduction_is_the_plain_path():
     outputs, u, val = policy_problem()
-    kwargs = dict(outer_steps=4, subsample=None, val_subsample=None, seed=1)
-    plain = learn_beta_policy(outputs.features, outputs.logits, outputs.labels, u, 0.5, val, **kwargs)
+    args = PolicyArguments(outer_steps=4, subsample=None, val_subsample=None)
+    plain = learn_beta_policy(outputs.features, outputs.logits, outputs.labels, u, 0.5, val, policy_args=args, seed=1)
+    reduction = PolicyReduction(max_head_params=0, projection_dim=16, max_classes=6)
     reduced = learn_beta_policy_at_scale(
-        outputs.features, outputs.logits, outputs.labels, u, 0.5, val, max_head_params=0, projection_dim=16,
-        max_classes=6, **kwargs,
+        outputs.features, outputs.logits, outputs.labels, u, 0.5, val, seed=1,
+        policy_args=dataclasses.replace(args, reduction=reduction),
     )  # fmt: skip
     info = reduced.info["reduced"]
     assert (info["classes"], info["projection_dim"], info["inner_lr"]) == (6, 16, 0.1)
@@ -206,10 +210,13 @@ def test_reduced_path_without_reduction_is_the_plain_path():
 def test_reduced_path_reads_only_its_classes_and_rows(tmp_path):
     outputs, u, val = policy_problem(n=3000, d=32, num_classes=12)
     cached = on_disk(outputs, tmp_path / "cache")
-    kwargs = dict(outer_steps=3, subsample=400, val_subsample=100, seed=0, max_head_params=100, projection_dim=8,
-                  max_classes=4)  # fmt: skip
-    first = learn_beta_policy_at_scale(cached.features, cached.logits, cached.labels, u, 0.3, val, **kwargs)
-    again = learn_beta_policy_at_scale(cached.features, cached.logits, cached.labels, u, 0.3, val, chunk_size=7, **kwargs)
+    args = PolicyArguments(
+        outer_steps=3, subsample=400, val_subsample=100,
+        reduction=PolicyReduction(max_head_params=100, projection_dim=8, max_classes=4),
+    )  # fmt: skip
+    data = (cached.features, cached.logits, cached.labels, u, 0.3, val)
+    first = learn_beta_policy_at_scale(*data, policy_args=args, seed=0)
+    again = learn_beta_policy_at_scale(*data, policy_args=dataclasses.replace(args, chunk_size=7), seed=0)
     info = first.info["reduced"]
     assert (info["classes"], info["of_classes"], info["projection_dim"], info["of_features"]) == (4, 12, 8, 32)
     assert (info["train_rows"], info["val_rows"]) == (400, 100)
@@ -219,20 +226,20 @@ def test_reduced_path_reads_only_its_classes_and_rows(tmp_path):
     assert first.history == again.history
 
 
-def test_reduced_path_keeps_the_features_by_default(monkeypatch):
-    monkeypatch.setattr(policy_scale, "MAX_HEAD_PARAMS", 0)  # reduce even this small head
+def test_reduced_path_keeps_the_features_by_default():
     outputs, u, val = policy_problem(n=1200, d=16, num_classes=6)
-    result = learn_beta_policy_at_scale(
-        outputs.features, outputs.logits, outputs.labels, u, 0.3, val, outer_steps=2, subsample=300, max_classes=3
-    )
+    reduction = PolicyReduction(max_head_params=0, max_classes=3)  # reduce even this small head
+    args = PolicyArguments(outer_steps=2, subsample=300, reduction=reduction)
+    result = learn_beta_policy_at_scale(outputs.features, outputs.logits, outputs.labels, u, 0.3, val, policy_args=args)
     info = result.info["reduced"]
-    assert (info["classes"], info["projection_dim"], info["inner_lr"], info["l2"]) == (3, 16, 0.1, 1e-3)
+    assert (info["classes"], info["projection_dim"]) == (3, 16)
+    assert (info["inner_lr"], info["l2"]) == (args.inner_lr, ProxyLoss().l2)  # unmapped: no projection
 
 
 def test_random_projection_is_orthonormal_and_seeded():
-    q = random_projection(64, 16, seed=3)
+    q = policy_scale._random_projection(64, 16, seed=3)
     np.testing.assert_allclose(q.T @ q, np.eye(16), atol=1e-5)
-    np.testing.assert_array_equal(q, random_projection(64, 16, seed=3))
-    assert not np.allclose(q, random_projection(64, 16, seed=4))
+    np.testing.assert_array_equal(q, policy_scale._random_projection(64, 16, seed=3))
+    assert not np.allclose(q, policy_scale._random_projection(64, 16, seed=4))
     with pytest.raises(ValueError, match="projection dimension"):
-        random_projection(8, 9, seed=0)
+        policy_scale._random_projection(8, 9, seed=0)

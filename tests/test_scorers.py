@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hf_ifbeta import policy, scorers
-from hf_ifbeta.config import PrunerConfig
-from hf_ifbeta.policy import class_budgets
+from hf_ifbeta import policy, policy_scale, scorers
+from hf_ifbeta.config import PolicyArguments, PrunerConfig
+from hf_ifbeta.losses import ProxyLoss
+from hf_ifbeta.selection import class_budgets
 from hf_ifbeta.scorers import (
     PruningMethod,
     ScoringContext,
@@ -88,9 +89,6 @@ def test_unknown_method_lists_choices():
         get_method("el3n")
     for name in BUILTIN:
         assert repr(name) in str(err.value)
-    with pytest.raises(ValueError, match="Choose between") as err:
-        PrunerConfig(method="forgetting")
-    assert "'if-beta'" in str(err.value) and "'moderate'" in str(err.value)
 
 
 def test_registering_a_method_is_one_class():
@@ -121,7 +119,7 @@ def test_registering_a_method_is_one_class():
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7, 0.9])
 def test_exact_budget_sorted_unique_and_stratified(name, ratio, monkeypatch):
     if name == "if-beta":
-        monkeypatch.setattr(policy, "learn_beta_policy", lambda *a, **k: pytest.fail("fixed policy must not learn"))
+        monkeypatch.setattr(policy_scale, "learn_beta_policy", lambda *a, **k: pytest.fail("fixed: must not learn"))
     outputs = tiny_outputs()
     ctx = dict(policy_a=2.0, policy_b=1.0) if name == "if-beta" else {}
     selection, scores = run(name, outputs, ratio, seed=3, **ctx)
@@ -352,7 +350,7 @@ def test_influence_methods_say_what_they_need():
 
 
 def test_if_beta_with_a_fixed_policy(monkeypatch):
-    monkeypatch.setattr(policy, "learn_beta_policy", lambda *a, **k: pytest.fail("a fixed policy must not be learned"))
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", lambda *a, **k: pytest.fail("a fixed policy is not learned"))
     outputs, infl = tiny_outputs(), stub_influence(120)
     selection, scores = run("if-beta", outputs, 0.7, seed=5, influence=infl, policy_a=8.0, policy_b=1.0)
     np.testing.assert_array_equal(scores, infl.scores)
@@ -377,13 +375,14 @@ def test_if_beta_learns_the_policy_for_the_ratio(monkeypatch):
             fell_back_to_uniform=False, info={"steps": 3},
         )
 
-    monkeypatch.setattr(policy, "learn_beta_policy", fake_learn)
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", fake_learn)
     outputs = tiny_outputs()
-    selection, _ = run("if-beta", outputs, 0.5, seed=2, outer_steps=7, policy_subsample=64)
+    selection, _ = run("if-beta", outputs, 0.5, seed=2, outer_steps=7, policy_subsample=64, temperature=3.0)
     assert len(calls) == 1
     call = calls[0]
-    assert call["ratio"] == 0.5 and call["seed"] == 2 and call["outer_steps"] == 7 and call["subsample"] == 64
-    assert call["alpha"] == 0.9 and call["temperature"] == 4.0 and call["stratify"] is True
+    assert call["ratio"] == 0.5 and call["seed"] == 2
+    assert call["policy_args"] == PolicyArguments(outer_steps=7, subsample=64)  # the config's, everything else default
+    assert call["loss"] == ProxyLoss(temperature=3.0)
     np.testing.assert_array_equal(call["val_indices"], np.arange(5))
     assert call["u"].shape == (120,) and np.all((call["u"] > 0) & (call["u"] < 1))
     record = dict(selection.policy)

@@ -1,0 +1,68 @@
+"""Tests of `PrunerConfig.stages()`: the one place the user's config is split into the arguments of each stage."""
+
+import dataclasses
+import inspect
+
+import pytest
+
+from hf_ifbeta.config import (
+    InfluenceArguments,
+    PolicyArguments,
+    PolicyReduction,
+    PrunerConfig,
+    TeacherPassArguments,
+)
+from hf_ifbeta.influence import influence_scores
+from hf_ifbeta.losses import ProxyLoss
+from hf_ifbeta.policy_learning import learn_beta_policy
+from hf_ifbeta.policy_scale import learn_beta_policy_at_scale
+
+
+def test_default_config_splits_into_the_default_stage_arguments():
+    stages = PrunerConfig().stages()
+    assert stages.teacher_pass == TeacherPassArguments()
+    assert stages.loss == ProxyLoss()
+    assert stages.influence == InfluenceArguments()
+    assert stages.policy == PolicyArguments()
+    for function in (learn_beta_policy, learn_beta_policy_at_scale):  # no second set of defaults
+        parameters = inspect.signature(function).parameters
+        assert parameters["loss"].default == ProxyLoss() and parameters["policy_args"].default == PolicyArguments()
+
+
+def test_every_field_reaches_its_stage():
+    changed = dict(
+        batch_size=7, num_workers=2, chunk_size=9, cache_dir="c", features_dtype="float16", teacher_precision="fp32",
+        alpha=0.5, temperature=2.0, l2=0.01, standardize=False, hessian="kfac", exact_max_params=5, cg_max_iter=6,
+        cg_tol=1e-3, fit_max_iter=8, fit_subsample=100, stream_chunk_size=333, stratify=False, policy_max_ab=3.0,
+        outer_steps=4, outer_lr=0.3, inner_epochs=2.0, inner_batch_size=16, inner_lr=0.05, policy_subsample=50,
+    )  # fmt: skip
+    stages = PrunerConfig(**changed).stages()
+    assert stages.teacher_pass == TeacherPassArguments(7, 2, 9, "c", "float16", "fp32")
+    assert stages.loss == ProxyLoss(0.5, 2.0, 0.01)
+    assert stages.influence == InfluenceArguments(False, "kfac", 5, 6, 1e-3, 8, 100, 333)
+    assert stages.policy == dataclasses.replace(
+        PolicyArguments(), outer_steps=4, outer_lr=0.3, inner_epochs=2.0, inner_batch_size=16, inner_lr=0.05,
+        subsample=50, max_ab=3.0, stratify=False, chunk_size=333,
+    )  # fmt: skip
+
+
+def test_influence_arguments_are_influence_scores_keywords():
+    parameters = inspect.signature(influence_scores).parameters
+    assert [f.name for f in dataclasses.fields(InfluenceArguments) if f.name not in parameters] == []
+
+
+def test_stage_arguments_are_frozen_and_checked():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PolicyArguments().max_ab = 50.0
+    with pytest.raises(ValueError, match="outer_steps must be >= 1"):
+        PolicyArguments(outer_steps=0)
+    with pytest.raises(ValueError, match="subsample must be >= 1 or None"):
+        PolicyArguments(subsample=0)
+    with pytest.raises(ValueError, match="max_classes must be >= 1"):
+        PolicyReduction(max_classes=0)
+    with pytest.raises(ValueError, match="policy_max_ab must be in"):
+        PrunerConfig(policy_max_ab=60.0)
+
+
+def test_an_unknown_method_is_left_to_the_pruner():
+    assert PrunerConfig(method="not-registered").method == "not-registered"  # the registry is not imported here

@@ -1,0 +1,152 @@
+"""Where does each outer objective put the Beta policy? The landscape over a wide box, per ratio.
+
+`learn_beta_policy` minimises the proxy's validation KD loss over (log a, log b). This script evaluates
+candidate outer objectives on the same problem `learn_beta_policy` builds (the stratified 4,000-row
+training subsample and 2,000-row validation subsample of CIFAR-10, seed 0, the student's 15 epochs as
+the inner budget) over a log grid a, b in {0.25, ..., 16}, and runs the outer Adam loop on each from the
+uniform policy with the box [0.25, 16], so that an answer on a bound is the objective's, not the box's:
+
+- `default`: today's objective, the proxy on the teacher's standardised features;
+- `weak16`: the same proxy on the features randomly projected to 16 dimensions (it can no longer
+  reproduce the teacher, so a subset that covers the data badly costs it validation loss);
+- `mix@L`: `L * default / default(uniform) + (1 - L) * weak16 / weak16(uniform)`, each term relative to
+  the uniform policy's loss at that ratio (a constant per ratio, so the gradients mix the same way).
+
+Printed per ratio: the grid argmin and the learned (a, b) per objective, and whether they sit on a bound.
+Written to `benchmarks/results/policy_landscape_<profile>.json`.
+
+    python benchmarks/policy_landscape.py [--threads 1]
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import kd_sweep  # noqa: E402
+from proxy_calibration import load_inputs  # noqa: E402
+
+from hf_ifbeta.policy import PolicyObjective, _stratified_subsample, rank_positions  # noqa: E402
+from hf_ifbeta.pruner import to_jsonable  # noqa: E402
+
+GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+BOX = (0.25, 16.0)
+MIXES = (0.25, 0.5)
+RATIOS = (0.3, 0.5, 0.7)
+GRID2 = [(a, b) for a in GRID for b in GRID]
+
+
+def mix_weights(name: str):
+    """`mix@L` -> [(L, "default"), (1 - L, "weak16")]."""
+    lam = float(name.split("@")[1])
+    return [(lam, "default"), (1.0 - lam, "weak16")]
+
+
+def project(features: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
+    """Standardised features times a fixed Gaussian matrix (scaled to unit variance per output)."""
+    f = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    return f @ (np.random.default_rng(seed).standard_normal((f.shape[1], dim)) / math.sqrt(f.shape[1])).astype(np.float32)
+
+
+class Mix:
+    """`sum_k w_k * objective_k / objective_k(uniform)`: value and gradient in (log a, log b)."""
+
+    def __init__(self, parts):
+        self.parts = [(w, obj, obj.loss(np.zeros(2))) for w, obj in parts]
+
+    def loss(self, log_ab) -> float:
+        return float(sum(w * obj.loss(log_ab) / base for w, obj, base in self.parts))
+
+    def hypergradient(self, log_ab):
+        value, grad = 0.0, np.zeros(2)
+        for w, obj, base in self.parts:
+            v, g = obj.hypergradient(log_ab)
+            value, grad = value + w * v / base, grad + w * np.asarray(g) / base
+        return value, grad
+
+
+def learn(objective, steps: int = 40, lr: float = 0.2):
+    """The outer loop of `learn_beta_policy` (Adam on log a, log b from the uniform policy) in the box BOX."""
+    theta, m1, m2 = np.zeros(2), np.zeros(2), np.zeros(2)
+    lo, hi = math.log(BOX[0]), math.log(BOX[1])
+    history = []
+    for step in range(steps):
+        loss, grad = objective.hypergradient(theta)
+        history.append((float(loss), float(math.exp(theta[0])), float(math.exp(theta[1]))))
+        m1 = 0.9 * m1 + 0.1 * grad
+        m2 = 0.999 * m2 + 0.001 * grad**2
+        theta = theta - lr * (m1 / (1 - 0.9 ** (step + 1))) / (np.sqrt(m2 / (1 - 0.999 ** (step + 1))) + 1e-8)
+        theta = np.clip(theta, lo, hi)
+    loss, a, b = min(history)
+    on_bound = any(abs(math.log(x) - edge) < 1e-6 for x in (a, b) for edge in (lo, hi))
+    return {"a": a, "b": b, "loss": loss, "on_bound": on_bound}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    inputs, _ = load_inputs(allow_teacher_pass=False)
+    labels, val_indices = inputs["labels"], np.sort(inputs["val_indices"])
+    u = rank_positions(inputs["scores"], labels)
+    rng = np.random.default_rng(0)  # the draws of learn_beta_policy(seed=0)
+    is_val = np.zeros(labels.size, dtype=bool)
+    is_val[val_indices] = True
+    train = _stratified_subsample(np.flatnonzero(~is_val), labels, 4_000, rng)
+    val = _stratified_subsample(val_indices, labels, 2_000, rng)
+    features = {"default": inputs["features"], "weak16": project(inputs["features"], 16)}
+    epochs = kd_sweep.PROFILES[args.profile]["epochs"]
+
+    out = {"protocol": __doc__.split("\n\n")[1], "grid": GRID, "box": BOX, "ratios": {}}
+    for ratio in RATIOS:
+        t0 = time.perf_counter()
+        base = {
+            name: PolicyObjective(f[train], inputs["logits"][train], labels[train], u[train], ratio,
+                                  f[val], inputs["logits"][val], labels[val], inner_epochs=epochs)  # fmt: skip
+            for name, f in features.items()
+        }
+        objectives = dict(base)
+        for lam in MIXES:
+            objectives[f"mix@{lam}"] = Mix([(w, base[k]) for w, k in mix_weights(f"mix@{lam}")])
+        row = {}
+        grids = {name: {} for name in base}
+        for ab in GRID2:
+            for name, obj in base.items():
+                grids[name][ab] = obj.loss(np.log(ab))
+        for name, obj in objectives.items():
+            if name in grids:
+                grid = grids[name]
+            else:
+                grid = {ab: sum(w * grids[k][ab] / grids[k][(1.0, 1.0)] for w, k in mix_weights(name)) for ab in GRID2}
+            best = min(grid, key=grid.get)
+            learned = learn(obj)
+            row[name] = {
+                "grid_argmin": best,
+                "grid_argmin_on_bound": best[0] in BOX or best[1] in BOX,
+                "grid": {f"{a:g},{b:g}": v for (a, b), v in grid.items()},
+                "learned": learned,
+            }
+            print(f"ratio {ratio} {name:9s} grid argmin Beta({best[0]:g}, {best[1]:g})"
+                  f"{' (bound)' if row[name]['grid_argmin_on_bound'] else ''}; learned "
+                  f"Beta({learned['a']:.2f}, {learned['b']:.2f}){' (bound)' if learned['on_bound'] else ''}", flush=True)  # fmt: skip
+        out["ratios"][str(ratio)] = row
+        print(f"ratio {ratio}: {time.perf_counter() - t0:.0f} s", flush=True)
+    path = kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json"
+    path.write_text(json.dumps(to_jsonable(out), indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import kd_sweep  # noqa: E402
 from proxy_calibration import load_inputs  # noqa: E402
 
-from hf_ifbeta.policy import PolicyObjective, _stratified_subsample, rank_positions  # noqa: E402
+from hf_ifbeta.policy import PolicyObjective, rank_positions  # noqa: E402
+from hf_ifbeta.selection import stratified_subsample  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
 GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -104,8 +105,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)  # the draws of learn_beta_policy(seed=0)
     is_val = np.zeros(labels.size, dtype=bool)
     is_val[val_indices] = True
-    train = _stratified_subsample(np.flatnonzero(~is_val), labels, 4_000, rng)
-    val = _stratified_subsample(val_indices, labels, 2_000, rng)
+    train = stratified_subsample(np.flatnonzero(~is_val), labels, 4_000, rng)
+    val = stratified_subsample(val_indices, labels, 2_000, rng)
     features = {"default": inputs["features"], "weak16": project(inputs["features"], 16)}
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
 

@@ -10,7 +10,8 @@ from scipy.stats import pearsonr
 from hf_ifbeta import policy_scale
 from hf_ifbeta.config import PrunerConfig
 from hf_ifbeta.features import TeacherOutputs
-from hf_ifbeta.influence import _Data, _read_rows, influence_scores
+from hf_ifbeta.arrays import ProxyData as _Data, read_rows as _read_rows
+from hf_ifbeta.influence import influence_scores
 from hf_ifbeta.policy import learn_beta_policy, rank_positions
 from hf_ifbeta.policy_scale import learn_beta_policy_at_scale, random_projection
 from hf_ifbeta.pruner import validation_split

@@ -9,7 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .influence import InfluenceArguments
 from .losses import ProxyLoss
+from .solvers import HESSIAN_MODES
 
 __all__ = [
     "DistillationTrainingArguments",
@@ -24,7 +26,6 @@ __all__ = [
 
 # The inverse-Hessian paths of `influence_scores`; a literal here so that this module imports nothing that
 # computes (the solver registry is their owner).
-HESSIAN_MODES = ("auto", "exact", "kfac")
 SCORE_TYPES = ("influence", "self-influence")
 # Box of the outer policy search on a and b: Beta(0.1, .) is already an extreme two-tailed policy, Beta(50, 1)
 # keeps essentially the top of each class.
@@ -67,30 +68,6 @@ class TeacherPassArguments:
     cache_dir: Optional[str] = None
     features_dtype: str = "float32"
     precision: str = "auto"
-
-
-@dataclass(frozen=True)
-class InfluenceArguments:
-    """How `influence.influence_scores` fits the proxy head and solves with its Hessian (the loss aside).
-
-    Args:
-        standardize (`bool`): standardise the features before the head.
-        hessian (`str`): exact, kfac or auto.
-        exact_max_params (`int`): with auto, the dense Hessian while C (d + 1) is at most this.
-        cg_max_iter (`int`), cg_tol (`float`): conjugate-gradient budget and relative residual.
-        fit_max_iter (`int`): L-BFGS iterations of the head fit.
-        fit_subsample (`int`, *optional*): fit on at most this many random rows.
-        chunk_size (`int`): rows per chunk streamed from the cache.
-    """
-
-    standardize: bool = True
-    hessian: str = "auto"
-    exact_max_params: int = 20_000
-    cg_max_iter: int = 200
-    cg_tol: float = 1e-6
-    fit_max_iter: int = 200
-    fit_subsample: Optional[int] = None
-    chunk_size: int = 65_536
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from .arrays import ieee_float32
 from .config import MIN_AB, PolicyArguments, resolve_device
 from .losses import ProxyLoss
 from .policy import BetaPolicy, PolicyObjective, _check_arrays, _check_positions
@@ -93,7 +94,7 @@ def learn_beta_policy(
             `eval_seeds` and the CPU threads.
         seed (`int`): seed of the subsamples and of the discrete checks.
         device: torch device of the inner fits; default as `config.resolve_device`. Float32 products run in IEEE
-            float32 whatever the TF32 setting (`hf_ifbeta.influence.ieee_float32`).
+            float32 whatever the TF32 setting (`hf_ifbeta.arrays.ieee_float32`).
 
     Returns:
         `PolicyLearningResult`.
@@ -106,8 +107,6 @@ def learn_beta_policy(
     >>> kept = result.policy.select(u, 0.5, labels, seed=0)  # sorted ids of the kept rows, as if-beta does
     ```
     """
-    from .influence import ieee_float32
-
     previous_threads = torch.get_num_threads()
     if policy_args.num_threads is not None:
         torch.set_num_threads(policy_args.num_threads)

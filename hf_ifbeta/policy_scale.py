@@ -230,6 +230,6 @@ def _random_projection(d: int, k: int, seed: int) -> np.ndarray:
 
 def _read(array, rows: np.ndarray) -> np.ndarray:
     """`array[rows]` (sorted ids) as float32 in memory, read without keeping a memory map's pages resident."""
-    from .influence import _read_rows
+    from .arrays import read_rows as _read_rows
 
     return _read_rows(array, rows).astype(np.float32, copy=False)

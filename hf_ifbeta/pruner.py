@@ -455,12 +455,13 @@ class DatasetPruner:
     def _influence(self, outputs: TeacherOutputs, val_indices: np.ndarray):
         from .influence import influence_scores
 
-        loss, args = self.stages.loss, self.stages.influence
+        args = dataclasses.replace(
+            self.stages.influence, self_influence=self.method.needs_self_influence(self.config),
+            seed=self.config.seed, device=self.device,
+        )  # fmt: skip
         return influence_scores(
             outputs.features, outputs.logits, outputs.labels, val_indices,
-            alpha=loss.alpha, temperature=loss.temperature, l2=loss.l2, **dataclasses.asdict(args),
-            init_head=outputs.head, self_influence=self.method.needs_self_influence(self.config),
-            seed=self.config.seed, device=self.device,
+            proxy_loss=self.stages.loss, args=args, init_head=outputs.head,
         )  # fmt: skip
 
     def _provenance(self, dataset: datasets.Dataset, outputs: TeacherOutputs) -> Dict[str, Any]:

@@ -3,16 +3,16 @@
 import dataclasses
 import inspect
 
+import numpy as np
 import pytest
 
 from hf_ifbeta.config import (
-    InfluenceArguments,
     PolicyArguments,
     PolicyReduction,
     PrunerConfig,
     TeacherPassArguments,
 )
-from hf_ifbeta.influence import influence_scores
+from hf_ifbeta.influence import InfluenceArguments, influence_scores
 from hf_ifbeta.losses import ProxyLoss
 from hf_ifbeta.policy_learning import learn_beta_policy
 from hf_ifbeta.policy_scale import learn_beta_policy_at_scale
@@ -39,16 +39,27 @@ def test_every_field_reaches_its_stage():
     stages = PrunerConfig(**changed).stages()
     assert stages.teacher_pass == TeacherPassArguments(7, 2, 9, "c", "float16", "fp32")
     assert stages.loss == ProxyLoss(0.5, 2.0, 0.01)
-    assert stages.influence == InfluenceArguments(False, "kfac", 5, 6, 1e-3, 8, 100, 333)
+    assert stages.influence == InfluenceArguments(
+        standardize=False, hessian="kfac", exact_max_params=5, cg_max_iter=6, cg_tol=1e-3, fit_max_iter=8,
+        fit_subsample=100, chunk_size=333,
+    )  # fmt: skip
     assert stages.policy == dataclasses.replace(
         PolicyArguments(), outer_steps=4, outer_lr=0.3, inner_epochs=2.0, inner_batch_size=16, inner_lr=0.05,
         subsample=50, max_ab=3.0, stratify=False, chunk_size=333,
     )  # fmt: skip
 
 
-def test_influence_arguments_are_influence_scores_keywords():
-    parameters = inspect.signature(influence_scores).parameters
-    assert [f.name for f in dataclasses.fields(InfluenceArguments) if f.name not in parameters] == []
+def test_influence_stage_is_what_influence_scores_takes():
+    """The config's influence and loss stages go to `influence_scores` as they are, equal to the keyword call."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    features = rng.standard_normal((60, 5)).astype(np.float32)
+    logits = features @ rng.standard_normal((5, 3)).astype(np.float32)
+    stages = PrunerConfig(hessian="exact", fit_max_iter=20, l2=0.01).stages()
+    assert isinstance(stages.influence, InfluenceArguments)
+    staged = influence_scores(features, logits, labels, np.arange(10), proxy_loss=stages.loss, args=stages.influence)
+    keywords = influence_scores(features, logits, labels, np.arange(10), hessian="exact", fit_max_iter=20, l2=0.01)
+    np.testing.assert_array_equal(staged.scores, keywords.scores)
 
 
 def test_stage_arguments_are_frozen_and_checked():

@@ -237,7 +237,7 @@ def test_validation_loss_is_kd_loss(objective64):
     w = torch.as_tensor(rng.normal(size=(3, objective64.x.shape[1])))
     loss, _ = objective64.validation_loss(w)
     student = (w @ objective64.xt_val).T.float()  # (V, C)
-    teacher = (objective64.log_p_teacher_val.T * objective64.temperature).float()  # same softmax at tau
+    teacher = (objective64.log_p_teacher_val.T * objective64.proxy_loss.temperature).float()  # same softmax at tau
     labels = objective64.onehot_val.argmax(0)
     expected, _, _ = kd_loss(student, teacher, labels, alpha=0.9, temperature=4.0)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)

@@ -12,7 +12,8 @@ from scipy.stats import pearsonr
 from hf_ifbeta import policy_scale
 from hf_ifbeta.config import PolicyArguments, PolicyReduction, PrunerConfig
 from hf_ifbeta.features import TeacherOutputs
-from hf_ifbeta.influence import _Data, _read_rows, influence_scores
+from hf_ifbeta.arrays import ProxyData as _Data, read_rows as _read_rows
+from hf_ifbeta.influence import influence_scores
 from hf_ifbeta.losses import ProxyLoss
 from hf_ifbeta.policy import rank_positions
 from hf_ifbeta.policy_learning import learn_beta_policy

@@ -33,7 +33,8 @@ from hf_ifbeta import features as features_mod
 from hf_ifbeta import hub as hub_mod
 from hf_ifbeta.data import CorruptImageError, prepare_image_dataset
 from hf_ifbeta.features import CorruptCacheError, TeacherOutputs, compute_teacher_outputs
-from hf_ifbeta.hub import load_pruning_result, save_pruning_result_for_hub
+from hf_ifbeta.hub import save_pruning_result_for_hub
+from hf_ifbeta.result import load_pruning_result
 
 from factories import tiny_image_dataset
 

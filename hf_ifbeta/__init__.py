@@ -27,10 +27,10 @@ _EXPORTS = {
     "get_method": "scorers",
     "register_method": "scorers",
     "DatasetPruner": "pruner",
-    "PruningResult": "pruner",
+    "PruningResult": "result",
     "kd_loss": "losses",
     "DistillationTrainer": "trainer",
-    "load_pruned_dataset": "hub",
+    "load_pruned_dataset": "result",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -50,11 +50,11 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DistillationTrainingArguments, PrunerConfig
     from .features import TeacherOutputs, compute_teacher_outputs
-    from .hub import load_pruned_dataset
     from .influence import influence_scores
     from .losses import kd_loss
     from .policy import BetaPolicy
     from .policy_learning import learn_beta_policy
-    from .pruner import DatasetPruner, PruningResult
+    from .pruner import DatasetPruner
+    from .result import PruningResult, load_pruned_dataset
     from .scorers import get_method, list_methods, register_method
     from .trainer import DistillationTrainer

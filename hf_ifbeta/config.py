@@ -21,7 +21,6 @@ __all__ = [
     "PrunerConfig",
     "PrunerStages",
     "TeacherPassArguments",
-    "resolve_device",
 ]
 
 # The inverse-Hessian paths of `influence_scores`; a literal here so that this module imports nothing that
@@ -30,18 +29,6 @@ SCORE_TYPES = ("influence", "self-influence")
 # Box of the outer policy search on a and b: Beta(0.1, .) is already an extreme two-tailed policy, Beta(50, 1)
 # keeps essentially the top of each class.
 MIN_AB, MAX_AB = 0.1, 50.0
-
-
-def resolve_device(device=None, accelerator: Any = None):
-    """The one device of every pruning stage: `device` when given, else `accelerator.device`, else CUDA when
-    available, else CPU. Stages called on their own with no device use the same rule."""
-    import torch
-
-    if device is not None:
-        return torch.device(device)
-    if getattr(accelerator, "device", None) is not None:
-        return torch.device(accelerator.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 
 A pruned subset is shared light by default: the kept row ids, every row's score and a card that
 points at the source dataset and revision, so the source's licence and hosting are respected and
-`load_pruned_dataset` rebuilds the rows with one call. `materialize=True` uploads the rows too.
+`hf_ifbeta.load_pruned_dataset` rebuilds the rows with one call. `materialize=True` uploads the rows too.
 The card embeds the pruning report's figures (`figures/`): the policy plot and, when the scored rows
 are given, the grid of the highest- and lowest-scored images of each class.
 Uploads happen on the main process only; everything up to the upload is a local folder, so the
-same code is tested offline by loading those folders back.
+same code is tested offline by loading those folders back. A result is read through its attributes
+and methods only, so that `PruningResult` (`hf_ifbeta.result`) can share itself with these functions.
 """
 
 import importlib.util
@@ -15,18 +16,18 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import datasets
 import torch.nn as nn
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi, ModelCard, ModelCardData, snapshot_download
 from huggingface_hub.errors import HFValidationError
 
-from .pruner import RESULT_FILE, PruningResult
+if TYPE_CHECKING:
+    from .result import PruningResult
 
 __all__ = [
-    "load_pruned_dataset",
-    "load_pruning_result",
+    "local_or_download",
     "push_pruning_result",
     "push_student",
     "save_pruning_result_for_hub",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 SUBSET_DATA_DIR = "data"
+SOURCE_FILE = "source.json"
 FIGURES_DIR = "figures"
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def _is_main_process() -> bool:
 
 # ---------------------------------------------------------------------------- pruned subsets
 def save_pruning_result_for_hub(
-    result: PruningResult,
+    result: "PruningResult",
     save_directory: Union[str, os.PathLike],
     source_dataset: Optional[str] = None,
     source_revision: Optional[str] = None,
@@ -83,7 +85,7 @@ def save_pruning_result_for_hub(
         "fingerprint": prov.get("dataset_fingerprint"),
         "num_rows": result.num_rows,
     }
-    (path / "source.json").write_text(json.dumps(source, indent=2))
+    (path / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     if materialize:
         if dataset is None:
             raise ValueError("materialize=True needs dataset=<the scored datasets.Dataset>.")
@@ -93,7 +95,7 @@ def save_pruning_result_for_hub(
     return path
 
 
-def _card_figures(result: PruningResult, dataset: Optional[datasets.Dataset], path: Path) -> Dict[str, str]:
+def _card_figures(result: "PruningResult", dataset: Optional[datasets.Dataset], path: Path) -> Dict[str, str]:
     """The pruning report's figures under `figures/`: {name: path relative to the card}."""
     if importlib.util.find_spec("matplotlib") is None:
         logger.warning("matplotlib is not installed (pip install 'hf_ifbeta[plot]'): the dataset card has no figures.")
@@ -113,7 +115,7 @@ _FIGURE_CAPTIONS = {
 
 
 def _dataset_card(
-    result: PruningResult, source: Dict[str, Any], materialize: bool, figures: Optional[Dict[str, str]] = None
+    result: "PruningResult", source: Dict[str, Any], materialize: bool, figures: Optional[Dict[str, str]] = None
 ) -> DatasetCard:
     policy = result.policy or {}
     card_data = DatasetCardData(
@@ -168,7 +170,7 @@ from hf_ifbeta import load_pruned_dataset
 
 
 def push_pruning_result(
-    result: PruningResult,
+    result: "PruningResult",
     repo_id: str,
     *,
     source_dataset: Optional[str] = None,
@@ -211,13 +213,18 @@ def push_pruning_result(
         )
 
 
-def _local_or_download(repo_id_or_path: Union[str, os.PathLike], repo_type: str, revision=None, token=None) -> Path:
-    """A local folder as it is, else a snapshot of the Hub repo; a name that is neither is said to be neither."""
+def local_or_download(
+    repo_id_or_path: Union[str, os.PathLike], repo_type: str, expected_file: str, revision=None, token=None
+) -> Path:
+    """A local folder as it is, else a snapshot of the Hub repo; a name that is neither is said to be neither.
+
+    `expected_file` is the file the folder should hold, named when a file is passed instead of it.
+    """
     path = Path(repo_id_or_path)
     if path.is_dir():
         return path
     if path.exists():
-        raise NotADirectoryError(f"{path} is a file: pass the folder that holds {RESULT_FILE}, or a Hub repo id.")
+        raise NotADirectoryError(f"{path} is a file: pass the folder that holds {expected_file}, or a Hub repo id.")
     try:
         return Path(snapshot_download(str(repo_id_or_path), repo_type=repo_type, revision=revision, token=token))
     except HFValidationError as err:
@@ -228,51 +235,6 @@ def _local_or_download(repo_id_or_path: Union[str, os.PathLike], repo_type: str,
     except OSError as err:  # not found on the Hub, offline, no access: what the Hub said, plus the local side
         err.add_note(f"There is no local folder {path.resolve()} either.")
         raise
-
-
-def load_pruning_result(repo_id_or_path: Union[str, os.PathLike], revision=None, token=None) -> PruningResult:
-    """The `PruningResult` stored in a local folder or a Hub dataset repo."""
-    return PruningResult.load(_local_or_download(repo_id_or_path, "dataset", revision, token))
-
-
-def load_pruned_dataset(
-    repo_id_or_path: Union[str, os.PathLike],
-    dataset: Optional[datasets.Dataset] = None,
-    revision: Optional[str] = None,
-    token: Optional[str] = None,
-) -> datasets.Dataset:
-    """The kept rows of a shared pruned subset, in one call.
-
-    Args:
-        repo_id_or_path (`str`): a Hub dataset repo id or a local folder written by `push_pruning_result` /
-            `save_pruning_result_for_hub`.
-        dataset (`datasets.Dataset`, *optional*): the source split, when it is not on the Hub (e.g. local
-            parquet). By default the source named in the card is loaded at its recorded revision.
-        revision (`str`, *optional*): revision of the subset repo.
-        token (`str`, *optional*): Hub token.
-
-    Raises:
-        FileNotFoundError: `repo_id_or_path` is no existing folder and no valid Hub repo id (both are said).
-        ValueError: `dataset` holds other rows than the scored split (another length, a shuffle, another split).
-    """
-    path = _local_or_download(repo_id_or_path, "dataset", revision, token)
-    if not (path / RESULT_FILE).exists():
-        raise FileNotFoundError(f"{repo_id_or_path} holds no {RESULT_FILE}: not a pruned subset made by hf_ifbeta.")
-    source = json.loads((path / "source.json").read_text()) if (path / "source.json").exists() else {}
-    data_dir = path / SUBSET_DATA_DIR
-    if dataset is None and data_dir.is_dir():
-        files = sorted(str(p) for p in data_dir.glob("*.parquet"))
-        return datasets.load_dataset("parquet", data_files={"train": files}, split="train")
-    result = PruningResult.load(path)
-    if dataset is None:
-        if not source.get("dataset"):
-            raise ValueError(
-                "The subset does not name a Hub source dataset (it was scored on local data): pass dataset=<the source split>."
-            )
-        dataset = datasets.load_dataset(
-            source["dataset"], source.get("config"), split=source.get("split", "train"), revision=source.get("revision"), token=token
-        )
-    return result.select(dataset)  # refuses other rows: another length, a shuffle, another split
 
 
 # ---------------------------------------------------------------------------- students

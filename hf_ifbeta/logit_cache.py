@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .files import atomic_write, temporary_name
+
 __all__ = ["TeacherLogitCache", "state_dict_digest"]
 
 logger = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class TeacherLogitCache:
             if found != identity:
                 raise ValueError(f"The teacher-logit cache at {self.path} was made by {found}, not {identity}. Delete it.")
         else:
-            _atomic_write(meta, json.dumps({"identity": identity}, indent=2).encode())
+            atomic_write(meta, lambda f: f.write(json.dumps({"identity": identity}, indent=2).encode()))
         self._epochs: Dict[int, np.ndarray] = {}
         self.computed = 0  # rows the teacher ran on through this object
         self.reused = 0  # rows read from the cache
@@ -107,7 +109,7 @@ class TeacherLogitCache:
         if not path.exists():
             if num_classes is None:
                 return None
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = temporary_name(path)
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.num_rows, num_classes + 1)).flush()
             try:
                 os.link(tmp, path)  # create-if-absent: another process may have created it meanwhile
@@ -125,9 +127,3 @@ class TeacherLogitCache:
             )
         self._epochs[epoch] = table
         return table
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .arrays import ieee_float32
-from .config import MIN_AB, PolicyArguments, resolve_device
+from .config import MIN_AB, PolicyArguments
+from .distributed import resolve_device
 from .losses import ProxyLoss
 from .policy import BetaPolicy, PolicyObjective, _check_arrays, _check_positions
 from .selection import check_ratio, stratified_subsample

@@ -34,7 +34,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from .config import PolicyArguments, resolve_device
+from .config import PolicyArguments
+from .distributed import resolve_device
 from .losses import ProxyLoss
 from .policy_learning import PolicyLearningResult, learn_beta_policy
 from .selection import stratified_subsample

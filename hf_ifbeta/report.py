@@ -11,7 +11,9 @@ network, no script) and the same figures as PNG files beside it:
   whose second label differs), when a flag or second label column is given.
 
 `write_figures` writes only the PNGs; the Hub dataset card of a shared subset embeds them.
-Needs matplotlib (`pip install 'hf_ifbeta[plot]'`).
+Needs matplotlib (`pip install 'hf_ifbeta[plot]'`). This module gathers what the report shows; the
+figures are drawn by `report_figures` and the page by `report_html`. A result is read through its
+attributes and methods only, so that `PruningResult` (`hf_ifbeta.result`) can write its own report.
 
 Example:
 ```python
@@ -20,14 +22,12 @@ Example:
 ```
 """
 
-import base64
-import html
-import io
-import json
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import datasets
 import numpy as np
@@ -35,9 +35,14 @@ from PIL import Image
 
 from .data import column_values, decode_image, find_image_column
 from .policy import rank_positions
-from .pruner import PruningResult, to_jsonable
+from .report_figures import FIGURE_FILES, check_matplotlib, save_figures
+from .report_html import render
+
+if TYPE_CHECKING:
+    from .result import PruningResult
 
 __all__ = [
+    "FIGURE_FILES",
     "ClassSummary",
     "FlaggedSummary",
     "ReportOptions",
@@ -48,16 +53,6 @@ __all__ = [
     "write_figures",
     "write_report",
 ]
-
-FIGURE_FILES = {
-    "policy": "policy.png",
-    "class_kept": "class_kept.png",
-    "class_grid": "class_grid.png",
-    "flagged_kept": "flagged_kept.png",
-}
-# A taller grid image is unreadable on a dataset card; the HTML page shows up to `max_grid_classes`.
-FIGURE_MAX_CLASSES = 20
-KEPT_COLOUR, REMOVED_COLOUR = "#1f77b4", "#d62728"
 
 
 @dataclass
@@ -188,9 +183,12 @@ def flagged_summary(result: PruningResult, flags: np.ndarray, rule: str) -> Flag
 # ---------------------------------------------------------------------------- what the report is made of
 @dataclass
 class _Content:
+    """Everything the figures (`report_figures`) and the page (`report_html`) show."""
+
     result: PruningResult
     options: ReportOptions
     classes: List[ClassSummary]
+    kept: np.ndarray  # (n,) bool, `kept_mask(result)`
     flagged: Optional[FlaggedSummary] = None
     flags: Optional[np.ndarray] = None  # (n,) bool
     other_labels: Optional[np.ndarray] = None  # (n,) the second label column
@@ -201,18 +199,22 @@ class _Content:
         names = self.class_names
         return str(names[label]) if names is not None and 0 <= label < len(names) else str(int(label))
 
+    def deciles(self) -> np.ndarray:
+        return kept_share_per_rank_decile(self.result)
+
 
 def _content(result: PruningResult, dataset: Optional[datasets.Dataset], options: ReportOptions) -> _Content:
     if dataset is not None:
         result._check_same_rows(dataset)
-    kept_mask(result)  # fail early without a selection
+    kept = kept_mask(result)  # fails early without a selection
     class_names = list(options.class_names) if options.class_names is not None else None
     label_column = options.label_column or result.config.get("label_column") or "label"
     if class_names is None and dataset is not None:
         feature = (dataset.features or {}).get(label_column)
         if isinstance(feature, datasets.ClassLabel):
             class_names = list(feature.names)
-    content = _Content(result, options, class_summaries(result, options.per_class, class_names), class_names=class_names)
+    classes = class_summaries(result, options.per_class, class_names)
+    content = _Content(result, options, classes, kept, class_names=class_names)
     if options.noisy_column or options.other_label_column:
         if dataset is None:
             raise ValueError("noisy_column / other_label_column need the dataset that holds them.")
@@ -269,123 +271,6 @@ def _thumbnail(image: Image.Image, size: int) -> Image.Image:
     return image
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-# ---------------------------------------------------------------------------- figures
-def _check_matplotlib(what: str) -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as err:
-        raise ImportError(f"{what} needs matplotlib: pip install 'hf_ifbeta[plot]'.") from err
-
-
-def _save_figures(content: _Content, folder: Path) -> Dict[str, Path]:
-    from matplotlib.figure import Figure
-
-    folder.mkdir(parents=True, exist_ok=True)
-    result, paths = content.result, {name: folder / file for name, file in FIGURE_FILES.items()}
-    result.plot(paths["policy"])
-
-    fig = Figure(figsize=(min(13, max(5, 2 + 0.45 * len(content.classes))), 3.4))
-    ax = fig.subplots()
-    x = np.arange(len(content.classes))
-    ax.bar(x, [s.kept_share for s in content.classes], color=KEPT_COLOUR)
-    ax.axhline(1 - result.ratio, color="k", ls="--", lw=1, label=f"keep rate {1 - result.ratio:.2f}")
-    if len(content.classes) <= 30:
-        names = [s.name for s in content.classes]
-        crowded = sum(len(n) for n in names) > 4 * len(names) + 8
-        ax.set_xticks(x, names, rotation=30 if crowded else 0, ha="right" if crowded else "center")
-    ax.set(title="kept share per class", xlabel="class", ylabel="kept share", ylim=(0, 1.05))
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(paths["class_kept"], dpi=120)
-
-    if content.thumbnails:
-        _grid_figure(content).savefig(paths["class_grid"], dpi=100)
-    else:
-        del paths["class_grid"]
-
-    if content.flagged is not None:
-        f = content.flagged
-        fig = Figure(figsize=(5, 3.2))
-        ax = fig.subplots()
-        shares = [f.flagged_kept_share, f.other_kept_share]
-        ax.bar([0, 1], np.nan_to_num(shares), color=[REMOVED_COLOUR, "0.6"])
-        for i, (kept, rows) in enumerate(((f.flagged_kept, f.flagged_rows), (f.other_kept, f.other_rows))):
-            ax.text(i, np.nan_to_num(shares[i]) + 0.02, f"{kept:,} of {rows:,}", ha="center")
-        ax.axhline(1 - result.ratio, color="k", ls="--", lw=1, label=f"keep rate {1 - result.ratio:.2f}")
-        ax.set_xticks([0, 1], ["flagged", "the rest"])
-        ax.set(title=f"kept share: flagged rows ({f.rule.replace('`', '')})", ylabel="kept share", ylim=(0, 1.15))
-        ax.title.set_fontsize(9)
-        ax.legend(loc="upper right")
-        fig.tight_layout()
-        fig.savefig(paths["flagged_kept"], dpi=120)
-    else:
-        del paths["flagged_kept"]
-    return paths
-
-
-def _grid_figure(content: _Content):
-    """Rows: classes; columns: the highest-scored images, then the lowest-scored; a frame in the kept or
-    removed colour and the score above each image. The images are pasted into one mosaic, so the figure has
-    one axes whatever the number of images."""
-    from matplotlib.colors import to_rgb
-    from matplotlib.figure import Figure
-
-    shown = min(FIGURE_MAX_CLASSES, content.options.max_grid_classes)
-    classes = [s for s in content.classes[:shown] if len(s.highest)]
-    k, size = content.options.per_class, max(im.width for im in content.thumbnails.values())
-    size = max(size, max(im.height for im in content.thumbnails.values()))
-    border, gap, head = 3, 8, 14  # px: frame, space between cells, room for the score above a cell
-    cell_w, cell_h = size + 2 * border + gap, size + 2 * border + gap + head
-    spacer = cell_w // 2  # between the highest and the lowest
-    width, height = 2 * k * cell_w + spacer, len(classes) * cell_h
-    mosaic = np.full((height, width, 3), 255, dtype=np.uint8)  # (H, W, RGB)
-    kept = kept_mask(content.result)
-    colours = {True: np.array(to_rgb(KEPT_COLOUR)) * 255, False: np.array(to_rgb(REMOVED_COLOUR)) * 255}
-    labels = []  # (x, y, text) in mosaic pixels
-    for r, summary in enumerate(classes):
-        # Scores fall from left to right: the highest first, the lowest last.
-        cells = [(c, row) for c, row in enumerate(summary.highest)]
-        cells += [(2 * k - 1 - c, row) for c, row in enumerate(summary.lowest)]
-        y0 = r * cell_h + head
-        for c, row in cells:
-            x0 = c * cell_w + (spacer if c >= k else 0)
-            mosaic[y0 : y0 + size + 2 * border, x0 : x0 + size + 2 * border] = colours[bool(kept[row])]
-            image = np.asarray(content.thumbnails[int(row)].convert("RGB"))
-            h, w = image.shape[:2]
-            top, left = y0 + border + (size - h) // 2, x0 + border + (size - w) // 2
-            mosaic[top : top + h, left : left + w] = image
-            labels.append((x0 + border + size / 2, y0 - 2, f"{content.result.scores[row]:.3g}"))
-        labels.append((-6, y0 + border + size / 2, summary.name[:28]))
-    margin_left = 12 + 7 * max(len(s.name[:28]) for s in classes)
-    margin_top = 30
-    dpi = 100  # one mosaic pixel is one pixel of the saved PNG
-    fig = Figure(figsize=((width + margin_left) / dpi, (height + margin_top) / dpi), dpi=dpi)
-    W, H = width + margin_left, height + margin_top
-    ax = fig.add_axes((margin_left / W, 0, width / W, height / H))
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.axis("off")
-    for x, y, text in labels:
-        if x < 0:
-            ax.text(x, y, text, ha="right", va="center", fontsize=9)
-        else:
-            ax.text(x, y, text, ha="center", va="bottom", fontsize=7)
-    fig.text(
-        0.5, 1 - 8 / H, "highest scores (left) and lowest (right) per class; frame: kept (blue) or removed (red)",
-        ha="center", va="top", fontsize=10,
-    )
-    return fig
-
-
 def write_figures(
     result: PruningResult,
     dataset: Optional[datasets.Dataset],
@@ -398,9 +283,9 @@ def write_figures(
     Without `dataset` there are no images to show: `class_grid.png` (and the flagged-rows figure, which reads
     its column) is not written. `options` or keyword arguments: `ReportOptions` fields.
     """
-    _check_matplotlib("write_figures")
+    check_matplotlib("write_figures")
     options = options or ReportOptions(**kwargs)
-    return _save_figures(_content(result, dataset, options), Path(folder))
+    return save_figures(_content(result, dataset, options), Path(folder))
 
 
 def write_report(
@@ -423,191 +308,12 @@ def write_report(
     Returns:
         `Path`: the HTML file.
     """
-    _check_matplotlib("The pruning report")
+    check_matplotlib("The pruning report")
     if options is not None and kwargs:
         raise TypeError(f"Pass options=ReportOptions(...) or keyword arguments ({sorted(kwargs)}), not both.")
     options = options or ReportOptions(**kwargs)
     path = Path(path)
     content = _content(result, dataset, options)
-    figures = _save_figures(content, path.parent)
-    path.write_text(_render(content, {name: p.read_bytes() for name, p in figures.items()}), encoding="utf-8")
+    figures = save_figures(content, path.parent)
+    path.write_text(render(content, {name: p.read_bytes() for name, p in figures.items()}), encoding="utf-8")
     return path
-
-
-# ---------------------------------------------------------------------------- the page
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1280px;
-       padding: 1.2rem 1.6rem 3rem; color: #222; background: #fff; }
-h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }
-h3 { margin: 1.2rem 0 .3rem; font-size: 1.05rem; }
-.lede { font-size: 1.1rem; color: #444; }
-table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
-th, td { border: 1px solid #ddd; padding: .25rem .6rem; text-align: left; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #f4f4f4; }
-img.figure { max-width: 100%; height: auto; display: block; margin: .6rem 0; }
-.row { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
-.strip { display: flex; flex-wrap: wrap; gap: .4rem; align-items: flex-start; margin: .2rem 0 .6rem; }
-.strip-title { width: 7.5rem; font-size: .85rem; color: #555; padding-top: .3rem; }
-figure.thumb { margin: 0; width: 96px; font-size: .72rem; text-align: center; line-height: 1.25; }
-figure.thumb img { border: 3px solid; image-rendering: pixelated; max-width: 80px; height: auto; }
-figure.kept img { border-color: KEPT_COLOUR; }
-figure.removed img { border-color: REMOVED_COLOUR; opacity: .6; }
-figure.removed figcaption .status { color: REMOVED_COLOUR; }
-.flag { color: REMOVED_COLOUR; font-weight: 600; }
-details { margin: .6rem 0; } pre { background: #f7f7f7; padding: .6rem; overflow-x: auto; font-size: .8rem; }
-footer { margin-top: 3rem; color: #777; font-size: .85rem; }
-""".replace("KEPT_COLOUR", KEPT_COLOUR).replace("REMOVED_COLOUR", REMOVED_COLOUR)
-
-
-def _e(x) -> str:
-    return html.escape(str(x))
-
-
-def _share(x: float) -> str:
-    return "–" if x != x else f"{100 * x:.1f} %"
-
-
-def _table(rows, header=None, table_id=None, numeric=()) -> str:
-    out = [f'<table id="{table_id}">' if table_id else "<table>"]
-    if header:
-        out.append("<tr>" + "".join(f'<th class="num">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(header)) + "</tr>")
-    for row in rows:
-        out.append("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row)) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
-
-
-def _render(content: _Content, figures: Dict[str, bytes]) -> str:
-    result, options = content.result, content.options
-    prov, policy = result.provenance, result.policy or {}
-    n_kept = len(result.indices)
-    dataset_name = prov.get("dataset_name") or "local dataset"
-    title = options.title or f"Pruning report: {dataset_name}, {result.method}, ratio {result.ratio}"
-    policy_text = (
-        f"Beta(a={policy['a']:.3g}, b={policy['b']:.3g}) over class-wise score ranks" if "a" in policy and "b" in policy
-        else "the method's fixed selection rule"
-    )
-    parts = [
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="lede"><code>{_e(result.method)}</code> kept <b>{n_kept:,}</b> of {result.num_rows:,} rows '
-        f"(ratio removed {_e(result.ratio)}, seed {_e(result.seed)}) by {_e(policy_text)}; teacher "
-        f"<code>{_e(prov.get('teacher'))}</code>.</p>",
-    ]
-
-    # Provenance: the run that made these rows.
-    run_rows = [
-        ("teacher", f"<code>{_e(prov.get('teacher'))}</code>"),
-        ("dataset", _e(" / ".join(str(x) for x in (prov.get("dataset_name"), prov.get("dataset_config")) if x) or "local files")),
-        ("split", _e(prov.get("dataset_split"))),
-        ("dataset fingerprint", f"<code>{_e(prov.get('dataset_fingerprint'))}</code>"),
-        ("rows scored", f"{result.num_rows:,}"),
-        ("classes", _e(prov.get("num_classes", len(content.classes)))),
-        ("method", f"<code>{_e(result.method)}</code>"),
-        ("ratio removed", _e(result.ratio)),
-        ("rows kept", f"{n_kept:,} ({_share(n_kept / result.num_rows)})"),
-        ("seed", _e(result.seed)),
-        ("policy", _e(policy_text)),
-    ]
-    for key, value in policy.items():
-        if key not in ("a", "b") and (value is None or isinstance(value, (bool, int, float, str))):
-            run_rows.append((f"policy: {key}", _e(f"{value:.6g}" if isinstance(value, float) else value)))
-    for key, value in result.timings.items():
-        run_rows.append((f"time: {key.removesuffix('_s').replace('_', ' ')}", f"{value:.1f} s"))
-    run_rows += [("hf_ifbeta", _e(prov.get("hf_ifbeta_version"))), ("created", _e(prov.get("created")))]
-    details = json.dumps({"config": result.config, "policy": to_jsonable(policy), "provenance": prov}, indent=2, default=str)
-    parts += [
-        '<section id="run"><h2>The run</h2>',
-        _table([(_e(k), v) for k, v in run_rows], table_id="provenance"),
-        f"<details><summary>configuration, policy and provenance as saved</summary><pre>{_e(details)}</pre></details>",
-        "</section>",
-    ]
-
-    # Scores and policy.
-    deciles = kept_share_per_rank_decile(result)
-    parts += [
-        '<section id="policy"><h2>Scores and policy</h2>',
-        "<p>Left: the score of every row, and of the kept ones. Middle: the policy's density over the rank "
-        "position u of a row within its class (u = 1: the most helpful row by score). Right: the share of the "
-        "rows kept in each tenth of the ranks.</p>",
-        f'<img class="figure" alt="score histogram, policy density and kept share per rank decile" src="{_data_uri(figures["policy"])}">',
-        _table(
-            [["kept share"] + [_share(x) for x in deciles]],
-            header=["rank decile"] + [f"{10 * k}–{10 * (k + 1)} %" for k in range(10)],
-            table_id="rank-deciles", numeric=range(1, 11),
-        ),
-        "</section>",
-    ]
-
-    # Classes: the kept share of each, then the extreme images of each.
-    class_rows = [
-        (_e(s.label), _e(s.name), f"{s.rows:,}", f"{s.kept:,}", _share(s.kept_share)) for s in content.classes
-    ]
-    parts += [
-        '<section id="classes"><h2>Per class</h2>',
-        '<div class="row">',
-        f'<img class="figure" alt="kept share per class" src="{_data_uri(figures["class_kept"])}">',
-        _table(class_rows, header=("class", "name", "rows", "kept", "kept share"), table_id="class-kept", numeric=(2, 3, 4)),
-        "</div>",
-    ]
-    shown = content.classes[: options.max_grid_classes]
-    if len(shown) < len(content.classes):
-        parts.append(f"<p>Images of the first {len(shown)} of {len(content.classes)} classes.</p>")
-    kept = kept_mask(result)
-    for s in shown:
-        parts.append(
-            f'<div class="class" id="class-{s.label}" data-label="{s.label}"><h3>{_e(s.name)} (class {s.label}): '
-            f"kept {s.kept:,} of {s.rows:,} ({_share(s.kept_share)})</h3>"
-        )
-        for what, rows in (("highest scores", s.highest), ("lowest scores", s.lowest)):
-            cells = [_thumb_html(content, int(row), bool(kept[row])) for row in rows]
-            parts.append(f'<div class="strip"><div class="strip-title">{what}</div>{"".join(cells)}</div>')
-        parts.append("</div>")
-    parts.append("</section>")
-
-    # Flagged rows: did the suspicious ones go?
-    if content.flagged is not None:
-        f = content.flagged
-        parts += [
-            '<section id="flagged"><h2>Flagged rows</h2>',
-            f"<p>Flagged: the rows where {_e(f.rule).replace('`', '')}. A pruning that drops harmful rows keeps a "
-            "smaller share of them than of the rest.</p>",
-            '<div class="row">',
-            f'<img class="figure" alt="kept share of the flagged rows and of the rest" src="{_data_uri(figures["flagged_kept"])}">',
-            _table(
-                [("flagged", f"{f.flagged_rows:,}", f"{f.flagged_kept:,}", _share(f.flagged_kept_share)),
-                 ("the rest", f"{f.other_rows:,}", f"{f.other_kept:,}", _share(f.other_kept_share))],
-                header=("rows", "count", "kept", "kept share"), table_id="flagged-kept", numeric=(1, 2, 3),
-            ),
-            "</div>",
-            "</section>",
-        ]
-
-    parts.append(
-        f"<footer>Written by hf_ifbeta {_e(prov.get('hf_ifbeta_version'))}. Every image is inside this file; "
-        f"the figures are also saved as PNG files beside it ({', '.join(FIGURE_FILES[k] for k in figures)}).</footer>"
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        # An empty inline icon: the browser asks for no favicon file.
-        '<link rel="icon" href="data:,">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n"
-    )
-
-
-def _thumb_html(content: _Content, row: int, kept: bool) -> str:
-    result = content.result
-    label = int(result.labels[row])
-    status = "kept" if kept else "removed"
-    lines = [f"{result.scores[row]:.4g}", _e(content.name(label))]
-    if content.other_labels is not None and content.other_labels[row] != label:
-        lines.append(f'<span class="flag">other label: {_e(content.name(int(content.other_labels[row])))}</span>')
-    elif content.flags is not None and content.flags[row]:
-        lines.append('<span class="flag">flagged</span>')
-    image = content.thumbnails[row]
-    return (
-        f'<figure class="thumb {status}" data-row="{row}"><img alt="row {row}" width="{image.width}" '
-        f'height="{image.height}" src="{_data_uri(_png(image))}"><figcaption>{"<br>".join(lines)}<br>'
-        f'<span class="status">{status}</span><br>row {row}</figcaption></figure>'
-    )

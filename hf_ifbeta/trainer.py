@@ -22,6 +22,8 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 from .config import DistillationTrainingArguments
 from .data import DistillationCollator, model_data_config
 from .features import resolve_precision
+from .files import default_cache_dir
+from .logit_cache import TeacherLogitCache, state_dict_digest
 from .losses import kd_loss
 
 __all__ = ["DistillationTrainer", "TeacherInputAdapter", "accuracy_metrics"]
@@ -37,8 +39,8 @@ def accuracy_metrics(eval_pred: EvalPrediction) -> Dict[str, float]:
     """Top-1 accuracy of the student's logits: the default `compute_metrics` of `DistillationTrainer`.
 
     Computed directly rather than with `evaluate.load("accuracy")`: that call fetches the metric
-    script from the Hugging Face Hub and fails offline (checked with evaluate 0.4.6: FileNotFoundError
-    without network), while this is one line of NumPy with the same result.
+    script from the Hugging Face Hub and so fails offline, while this is one line of NumPy with the
+    same result.
     """
     logits, labels = eval_pred.predictions, eval_pred.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits  # (N, C)
@@ -277,9 +279,6 @@ class DistillationTrainer(Trainer):
             )
         if self.teacher_model is None:
             raise ValueError("teacher_logit_cache=True needs a teacher_model to fill the cache.")
-        from .features import default_cache_dir
-        from .logit_cache import TeacherLogitCache, state_dict_digest
-
         identity = {
             "teacher": state_dict_digest(self.teacher_model),
             "teacher_input": repr(self._teacher_input),

@@ -13,7 +13,7 @@ import torch.nn as nn
 from PIL import Image
 
 from hf_ifbeta.data import CorruptImageError, eval_transform
-from hf_ifbeta.features import TeacherOutputs, _FastToTensor, compute_teacher_outputs
+from hf_ifbeta.features import TeacherOutputs, _ImageBatches, compute_teacher_outputs
 
 SCRIPT = Path(__file__).parent / "scripts" / "teacher_pass_2proc.py"
 
@@ -26,8 +26,8 @@ _spec.loader.exec_module(two_proc)
 PASS = dict(batch_size=5, chunk_size=10, progress=False)
 
 
-# Batches of 5 tiny images: a second intra-op thread only adds synchronisation, and on a busy
-# 2-core machine it made this file 6x slower (88 s vs 15 s measured).
+# Batches of 5 tiny images: a second intra-op thread only adds synchronisation, which slows this file
+# down on a busy machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -70,18 +70,17 @@ def only_subdir(root):
     return sub
 
 
-def test_fast_transform_is_bitwise_timm_transform(teacher):
+def test_teacher_batches_are_bitwise_the_per_image_timm_transform(teacher):
+    """Images at the input size take the batched path, the others timm's transform: equal, bit for bit."""
     transform = eval_transform(teacher)
-    fast = _FastToTensor.from_transform(transform)
-    assert fast is not None and fast.size == 32
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)) for s in (32, 32, 24, 32, 40)]
-    expected = torch.stack([transform(image) for image in images])
-    assert torch.equal(fast(images, transform), expected)
-    # A transform of another shape (training augmentation) gets no fast path.
-    from hf_ifbeta.data import train_transform
-
-    assert _FastToTensor.from_transform(train_transform(teacher)) is None
+    ds = datasets.Dataset.from_dict({"img": images}, features=datasets.Features({"img": datasets.Image()}))
+    batches = _ImageBatches(ds, "img", transform)
+    assert batches.fast is not None and batches.fast.size == 32
+    start, pixels = batches[(0, 5)]
+    expected = torch.stack([transform(image.convert("RGB")) for image in ds["img"]])
+    assert start == 0 and torch.equal(pixels, expected)
 
 
 def test_outputs_match_direct_forward(ds, teacher, tmp_path):

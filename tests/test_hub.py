@@ -13,7 +13,8 @@ from PIL import Image
 import hf_ifbeta  # noqa: F401
 from hf_ifbeta import DatasetPruner, load_pruned_dataset
 from hf_ifbeta import hub as hub_mod
-from hf_ifbeta.hub import load_pruning_result, push_pruning_result, push_student, save_pruning_result_for_hub, save_student_for_hub
+from hf_ifbeta.hub import push_pruning_result, push_student, save_pruning_result_for_hub, save_student_for_hub
+from hf_ifbeta.result import load_pruning_result
 
 from factories import tiny_image_dataset
 

@@ -5,22 +5,11 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Set
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_ifbeta"
-
-# Edges of circles that the io helper's branch removes (pruner <-> hub, report -> pruner, data <-> features). The
-# merge of that branch empties this set; no other edge may close a circle.
-KNOWN_CIRCLE_EDGES: Set[Tuple[str, str]] = {
-    ("pruner", "hub"),
-    ("hub", "pruner"),
-    ("report", "pruner"),
-    ("data", "features"),
-    ("features", "data"),
-}
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE).with_suffix("").parts
@@ -112,19 +101,15 @@ def find_circle(graph: Dict[str, Set[str]]) -> List[str]:
 
 def test_the_graph_reader_sees_lazy_imports_and_skips_type_checking():
     graph = import_graph()
-    assert "influence" in graph["policy_learning"]  # a lazy import inside learn_beta_policy
+    assert "influence" in graph["pruner"]  # a lazy import inside DatasetPruner._influence
     assert "features" not in graph["scorers"]  # only under TYPE_CHECKING
     assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_circle({"a": {"b"}, "b": set()}) == []
 
 
 def test_no_import_circle_in_the_package():
-    graph = import_graph()
-    unknown = {edge for edge in KNOWN_CIRCLE_EDGES if edge[1] not in graph.get(edge[0], ())}
-    graph = {module: {m for m in deps if (module, m) not in KNOWN_CIRCLE_EDGES} for module, deps in graph.items()}
-    circle = find_circle(graph)
+    circle = find_circle(import_graph())
     assert not circle, "import circle: " + " -> ".join(circle)
-    assert not unknown, f"KNOWN_CIRCLE_EDGES lists edges that no longer exist (remove them): {sorted(unknown)}"
 
 
 @pytest.mark.slow

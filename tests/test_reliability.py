@@ -28,11 +28,13 @@ from transformers import TrainerCallback
 
 import hf_ifbeta  # noqa: F401  (registers the CIFAR ResNets)
 from hf_ifbeta import DatasetPruner, DistillationTrainer, DistillationTrainingArguments, PruningResult, load_pruned_dataset
+from hf_ifbeta import feature_cache as cache_mod
 from hf_ifbeta import features as features_mod
 from hf_ifbeta import hub as hub_mod
 from hf_ifbeta.data import CorruptImageError, prepare_image_dataset
 from hf_ifbeta.features import CorruptCacheError, TeacherOutputs, compute_teacher_outputs
-from hf_ifbeta.hub import load_pruning_result, save_pruning_result_for_hub
+from hf_ifbeta.hub import save_pruning_result_for_hub
+from hf_ifbeta.result import load_pruning_result
 
 from factories import tiny_image_dataset
 
@@ -156,7 +158,7 @@ def test_a_two_rank_job_waits_for_another_jobs_lock_then_reuses_its_entry(ds, tm
     job = run_logged(cmd, tmp_path / "job.err")
     try:
         wait_for(lambda: "waiting for its lock" in (tmp_path / "job.err").read_text(), 300, "the job to wait")
-        time.sleep(features_mod.LOCK_POLL_S + 1)  # the ranks meet at least once more while waiting
+        time.sleep(cache_mod.LOCK_POLL_S + 1)  # the ranks meet at least once more while waiting
         assert job.poll() is None, (tmp_path / "job.err").read_text()
         # The other job finishes the entry (a plain copy: new modification times, so it is re-hashed once).
         shutil.copytree(reference.meta["cache_path"], cache_dir / key, copy_function=shutil.copy)
@@ -311,8 +313,8 @@ def test_a_chunk_with_changed_bytes_is_named_removed_and_the_rerun_completes(ds,
 def test_an_intact_cache_is_loaded_without_reading_it_again(ds, tmp_path, monkeypatch):
     compute_teacher_outputs(two_proc.make_teacher(), ds, "img", "label", cache_dir=tmp_path, **PASS)
     hashed = []
-    monkeypatch.setattr(features_mod, "_file_record", lambda path: hashed.append(path.name))
-    monkeypatch.setattr(features_mod, "_entry_lock", lambda *args: pytest.fail("the lock was taken"))
+    monkeypatch.setattr(cache_mod, "_file_record", lambda path: hashed.append(path.name))
+    monkeypatch.setattr(features_mod, "entry_lock", lambda *args: pytest.fail("the lock was taken"))
     again = compute_teacher_outputs(two_proc.make_teacher(), ds, "img", "label", cache_dir=tmp_path, **PASS)
     TeacherOutputs.load(entry(tmp_path))
     assert hashed == [] and again.n == 40  # sizes and modification times only: no sha256 when nothing changed

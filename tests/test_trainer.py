@@ -19,7 +19,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 import hf_ifbeta  # noqa: F401  (registers the CIFAR ResNets)
 from hf_ifbeta import DistillationTrainer, DistillationTrainingArguments
-from hf_ifbeta.data import DistillationCollator, PadCropFlip, prepare_image_dataset
+from hf_ifbeta.data import DistillationCollator, prepare_image_dataset
 from hf_ifbeta.losses import kd_loss
 from hf_ifbeta.trainer import TeacherInputAdapter
 
@@ -345,21 +345,6 @@ def test_persistent_workers_see_every_new_epoch(tmp_path, tiny_ds, monkeypatch):
 
 
 # ---- data plumbing ----
-
-
-def test_pad_crop_flip_matches_the_pil_recipe_and_augments():
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    from torchvision import transforms as T
-
-    reference = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])(image)
-    torch.testing.assert_close(PadCropFlip(32, MEAN, STD, padding=0, flip=False)(image), reference)
-    torch.manual_seed(0)
-    augmented = PadCropFlip(32, MEAN, STD, padding=4).batch([torch.as_tensor(np.array(image)).permute(2, 0, 1)] * 64)
-    assert augmented.shape == (64, 3, 32, 32)
-    assert len({tuple(x.flatten()[:200].tolist()) for x in augmented}) > 10  # random crops and flips differ
-    # Crops of the zero-padded image: some corners are padding (black before normalisation).
-    padded_zero = (0 - torch.tensor(MEAN)) / torch.tensor(STD)
-    assert torch.isclose(augmented[:, :, 0, 0], padded_zero).all(dim=1).any()
 
 
 def test_prepare_image_dataset_rows(tiny_ds):

@@ -21,7 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 __all__ = ["CifarResNet"]
 
-# The normalisation the ../shared checkpoints were trained with (ImageNet statistics).
+# The normalisation the CIFAR checkpoints were trained with: ImageNet statistics, not CIFAR's own.
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
 

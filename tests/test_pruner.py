@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -157,6 +158,9 @@ def test_every_stage_runs_on_the_resolved_device(make_pruner, tiny_ds, monkeypat
 
     def spy(stage, function):
         def run(*args, **kwargs):
+            if "args" in kwargs:  # influence_scores: the device travels in its InfluenceArguments
+                seen.append((stage, str(kwargs["args"].device)))
+                return function(*args, **{**kwargs, "args": dataclasses.replace(kwargs["args"], device="cpu")})
             seen.append((stage, str(kwargs.get("device"))))
             return function(*args, **{**kwargs, "device": "cpu"})
 

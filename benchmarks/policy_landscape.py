@@ -13,9 +13,12 @@ uniform policy with the box [0.25, 16], so that an answer on a bound is the obje
   the uniform policy's loss at that ratio (a constant per ratio, so the gradients mix the same way).
 
 Printed per ratio: the grid argmin and the learned (a, b) per objective, and whether they sit on a bound.
-Written to `benchmarks/results/policy_landscape_<profile>.json`.
+Written to `benchmarks/results/policy_landscape_<profile>.json`. `--tie_break` reads that file only and
+prints the grid argmin of `loss / loss(uniform) - eps * entropy(Beta(a, b))` for a few eps: a maximum-entropy
+tie-break between policies the objective finds (almost) equally good.
 
     python benchmarks/policy_landscape.py [--threads 1]
+    python benchmarks/policy_landscape.py --tie_break
 """
 
 import argparse
@@ -92,11 +95,42 @@ def learn(objective, steps: int = 40, lr: float = 0.2):
     return {"a": a, "b": b, "loss": loss, "on_bound": on_bound}
 
 
+TIE_BREAKS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def tie_break_argmin(grid: dict, eps: float):
+    """Grid argmin of `loss / loss(uniform) - eps * H(Beta(a, b))`; `grid` maps "a,b" to the objective's loss."""
+    from scipy.stats import beta
+
+    uniform = grid["1,1"]
+    scored = {}
+    for key, loss in grid.items():
+        a, b = (float(x) for x in key.split(","))
+        scored[(a, b)] = loss / uniform - eps * float(beta(a, b).entropy())
+    return min(scored, key=scored.get)
+
+
+def print_tie_breaks(path: Path) -> None:
+    saved = json.loads(path.read_text())
+    print("| objective | eps | " + " | ".join(f"r {r}" for r in saved["ratios"]) + " |")
+    print("| --- | --- |" + " --- |" * len(saved["ratios"]))
+    for name in next(iter(saved["ratios"].values())):
+        for eps in TIE_BREAKS:
+            cells = []
+            for row in saved["ratios"].values():
+                a, b = tie_break_argmin(row[name]["grid"], eps)
+                cells.append(f"({a:g}, {b:g})" + (" bound" if a in BOX or b in BOX else ""))
+            print(f"| {name} | {eps:g} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tie_break", action="store_true", help="argmins with an entropy tie-break, from the saved grid")
     args = parser.parse_args(argv)
+    if args.tie_break:
+        return print_tie_breaks(kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json")
     torch.set_num_threads(args.threads)
 
     inputs, _ = load_inputs(allow_teacher_pass=False)

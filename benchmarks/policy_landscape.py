@@ -78,6 +78,34 @@ class Mix:
         return value, grad
 
 
+class EntropyTieBreak:
+    """`objective / objective(uniform) - eps * H(Beta(a, b))`, value and gradient in (log a, log b)."""
+
+    def __init__(self, objective, eps: float):
+        self.objective, self.eps = objective, eps
+        self.base = objective.loss(np.zeros(2))
+
+    @staticmethod
+    def entropy_and_grad(log_ab):
+        from scipy.special import polygamma
+        from scipy.stats import beta
+
+        a, b = np.exp(np.asarray(log_ab, dtype=float))
+        trigamma = lambda x: float(polygamma(1, x))  # noqa: E731
+        common = (a + b - 2.0) * trigamma(a + b)
+        # dH/da = (a + b - 2) psi'(a + b) - (a - 1) psi'(a); times a for d / d log a
+        grad = np.array([a * (common - (a - 1.0) * trigamma(a)), b * (common - (b - 1.0) * trigamma(b))])
+        return float(beta(a, b).entropy()), grad
+
+    def loss(self, log_ab) -> float:
+        return float(self.objective.loss(log_ab)) / self.base - self.eps * self.entropy_and_grad(log_ab)[0]
+
+    def hypergradient(self, log_ab):
+        value, grad = self.objective.hypergradient(log_ab)
+        h, dh = self.entropy_and_grad(log_ab)
+        return float(value) / self.base - self.eps * h, np.asarray(grad) / self.base - self.eps * dh
+
+
 def learn(objective, steps: int = 40, lr: float = 0.2):
     """The outer loop of `learn_beta_policy` (Adam on log a, log b from the uniform policy) in the box BOX."""
     theta, m1, m2 = np.zeros(2), np.zeros(2), np.zeros(2)
@@ -128,6 +156,10 @@ def main(argv=None):
     parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tie_break", action="store_true", help="argmins with an entropy tie-break, from the saved grid")
+    parser.add_argument(
+        "--learn_tie_break", type=float, default=None, metavar="EPS",
+        help="run only the outer loop of the mixes with this entropy tie-break; adds `tie_break_learned` to the JSON",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.tie_break:
         return print_tie_breaks(kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json")
@@ -144,6 +176,10 @@ def main(argv=None):
     features = {"default": inputs["features"], "weak16": project(inputs["features"], 16)}
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
 
+    path = kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json"
+    if args.learn_tie_break is not None:
+        saved = json.loads(path.read_text())
+        runs = saved.setdefault("tie_break_learned", {}).setdefault(f"{args.learn_tie_break:g}", {})
     out = {"protocol": __doc__.split("\n\n")[1], "grid": GRID, "box": BOX, "ratios": {}}
     for ratio in RATIOS:
         t0 = time.perf_counter()
@@ -155,6 +191,14 @@ def main(argv=None):
         objectives = dict(base)
         for lam in MIXES:
             objectives[f"mix@{lam}"] = Mix([(w, base[k]) for w, k in mix_weights(f"mix@{lam}")])
+        if args.learn_tie_break is not None:
+            for name in ("default", *(f"mix@{lam}" for lam in MIXES)):
+                learned = learn(EntropyTieBreak(objectives[name], args.learn_tie_break))
+                runs.setdefault(str(ratio), {})[name] = learned
+                print(f"ratio {ratio} {name:9s} eps {args.learn_tie_break:g}: learned Beta({learned['a']:.2f}, "
+                      f"{learned['b']:.2f}){' (bound)' if learned['on_bound'] else ''}", flush=True)  # fmt: skip
+                path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
+            continue
         row = {}
         grids = {name: {} for name in base}
         for ab in GRID2:
@@ -178,8 +222,8 @@ def main(argv=None):
                   f"Beta({learned['a']:.2f}, {learned['b']:.2f}){' (bound)' if learned['on_bound'] else ''}", flush=True)  # fmt: skip
         out["ratios"][str(ratio)] = row
         print(f"ratio {ratio}: {time.perf_counter() - t0:.0f} s", flush=True)
-    path = kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json"
-    path.write_text(json.dumps(to_jsonable(out), indent=1) + "\n")
+    if args.learn_tie_break is None:
+        path.write_text(json.dumps(to_jsonable(out), indent=1) + "\n")
     print(f"wrote {path}")
 
 

@@ -46,3 +46,16 @@ def test_mix_weights_each_part_relative_to_its_uniform_loss_and_learn_stays_in_t
     assert not learned["on_bound"]
     clipped = landscape.learn(outside, steps=200, lr=0.1)
     assert clipped["on_bound"] and clipped["a"] == pytest.approx(16.0) and clipped["b"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("ab", [(3.0, 0.7), (0.4, 5.0), (1.0, 1.0)])
+def test_entropy_tie_break_gradient_matches_finite_differences(ab):
+    x, h = np.log(ab), 1e-6
+    _, grad = landscape.EntropyTieBreak.entropy_and_grad(x)
+    numeric = [
+        (landscape.EntropyTieBreak.entropy_and_grad(x + h * e)[0] - landscape.EntropyTieBreak.entropy_and_grad(x - h * e)[0])
+        / (2 * h)
+        for e in np.eye(2)
+    ]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+    assert landscape.EntropyTieBreak.entropy_and_grad(np.zeros(2))[0] == pytest.approx(0.0)  # uniform: the maximum

@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import kd_sweep  # noqa: E402
 from proxy_calibration import load_inputs  # noqa: E402
 
-from hf_ifbeta.policy import PolicyObjective, rank_positions  # noqa: E402
+from hf_ifbeta.config import PrunerConfig  # noqa: E402
+from hf_ifbeta.policy import PolicyObjective, beta_entropy, rank_positions  # noqa: E402
+from hf_ifbeta.policy_learning import OuterObjective, coverage_features, learn_beta_policy  # noqa: E402
 from hf_ifbeta.selection import stratified_subsample  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
@@ -53,57 +55,6 @@ def mix_weights(name: str):
     """`mix@L` -> [(L, "default"), (1 - L, "weak16")]."""
     lam = float(name.split("@")[1])
     return [(lam, "default"), (1.0 - lam, "weak16")]
-
-
-def project(features: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
-    """Standardised features times a fixed Gaussian matrix (scaled to unit variance per output)."""
-    f = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    return f @ (np.random.default_rng(seed).standard_normal((f.shape[1], dim)) / math.sqrt(f.shape[1])).astype(np.float32)
-
-
-class Mix:
-    """`sum_k w_k * objective_k / objective_k(uniform)`: value and gradient in (log a, log b)."""
-
-    def __init__(self, parts):
-        self.parts = [(w, obj, obj.loss(np.zeros(2))) for w, obj in parts]
-
-    def loss(self, log_ab) -> float:
-        return float(sum(w * obj.loss(log_ab) / base for w, obj, base in self.parts))
-
-    def hypergradient(self, log_ab):
-        value, grad = 0.0, np.zeros(2)
-        for w, obj, base in self.parts:
-            v, g = obj.hypergradient(log_ab)
-            value, grad = value + w * v / base, grad + w * np.asarray(g) / base
-        return value, grad
-
-
-class EntropyTieBreak:
-    """`objective / objective(uniform) - eps * H(Beta(a, b))`, value and gradient in (log a, log b)."""
-
-    def __init__(self, objective, eps: float):
-        self.objective, self.eps = objective, eps
-        self.base = objective.loss(np.zeros(2))
-
-    @staticmethod
-    def entropy_and_grad(log_ab):
-        from scipy.special import polygamma
-        from scipy.stats import beta
-
-        a, b = np.exp(np.asarray(log_ab, dtype=float))
-        trigamma = lambda x: float(polygamma(1, x))  # noqa: E731
-        common = (a + b - 2.0) * trigamma(a + b)
-        # dH/da = (a + b - 2) psi'(a + b) - (a - 1) psi'(a); times a for d / d log a
-        grad = np.array([a * (common - (a - 1.0) * trigamma(a)), b * (common - (b - 1.0) * trigamma(b))])
-        return float(beta(a, b).entropy()), grad
-
-    def loss(self, log_ab) -> float:
-        return float(self.objective.loss(log_ab)) / self.base - self.eps * self.entropy_and_grad(log_ab)[0]
-
-    def hypergradient(self, log_ab):
-        value, grad = self.objective.hypergradient(log_ab)
-        h, dh = self.entropy_and_grad(log_ab)
-        return float(value) / self.base - self.eps * h, np.asarray(grad) / self.base - self.eps * dh
 
 
 def learn(objective, steps: int = 40, lr: float = 0.2):
@@ -128,13 +79,11 @@ TIE_BREAKS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
 def tie_break_argmin(grid: dict, eps: float):
     """Grid argmin of `loss / loss(uniform) - eps * H(Beta(a, b))`; `grid` maps "a,b" to the objective's loss."""
-    from scipy.stats import beta
-
     uniform = grid["1,1"]
     scored = {}
     for key, loss in grid.items():
         a, b = (float(x) for x in key.split(","))
-        scored[(a, b)] = loss / uniform - eps * float(beta(a, b).entropy())
+        scored[(a, b)] = loss / uniform - eps * beta_entropy(np.log([a, b]))[0]
     return min(scored, key=scored.get)
 
 
@@ -151,11 +100,34 @@ def print_tie_breaks(path: Path) -> None:
             print(f"| {name} | {eps:g} | " + " | ".join(cells) + " |")
 
 
+def run_product(inputs, labels, u, val_indices, fields, path: Path) -> None:
+    """`learn_beta_policy` as the pruner calls it, with `PrunerConfig(**fields)`'s loss and policy arguments."""
+    config = PrunerConfig(**{k: json.loads(v) for k, v in (f.split("=", 1) for f in fields)})
+    stages = config.stages()
+    saved = json.loads(path.read_text())
+    runs = saved.setdefault("product", {}).setdefault(" ".join(sorted(fields)), {})
+    lo, hi = max(0.1, 1 / stages.policy.max_ab), stages.policy.max_ab
+    for ratio in RATIOS:
+        result = learn_beta_policy(inputs["features"], inputs["logits"], labels, u, ratio, val_indices,
+                                   loss=stages.loss, policy_args=stages.policy, seed=0)  # fmt: skip
+        a, b = result.info["learned_a"], result.info["learned_b"]
+        on_bound = any(abs(math.log(x) - math.log(edge)) < 1e-6 for x in (a, b) for edge in (lo, hi))
+        runs[str(ratio)] = {"a": a, "b": b, "on_bound": on_bound, "fell_back_to_uniform": result.fell_back_to_uniform,
+                            "val_loss_learned": result.val_loss_learned, "val_loss_uniform": result.val_loss_uniform}  # fmt: skip
+        print(f"ratio {ratio} {' '.join(fields)}: learned Beta({a:.2f}, {b:.2f}){' (bound)' if on_bound else ''}"
+              f"{', fell back to uniform' if result.fell_back_to_uniform else ''}", flush=True)  # fmt: skip
+        path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tie_break", action="store_true", help="argmins with an entropy tie-break, from the saved grid")
+    parser.add_argument(
+        "--product", nargs="*", metavar="FIELD=VALUE", default=None,
+        help="run learn_beta_policy itself with these PrunerConfig fields at every ratio; adds `product` to the JSON",
+    )
     parser.add_argument(
         "--learn_tie_break", type=float, default=None, metavar="EPS",
         help="run only the outer loop of the mixes with this entropy tie-break; adds `tie_break_learned` to the JSON",
@@ -173,10 +145,12 @@ def main(argv=None):
     is_val[val_indices] = True
     train = stratified_subsample(np.flatnonzero(~is_val), labels, 4_000, rng)
     val = stratified_subsample(val_indices, labels, 2_000, rng)
-    features = {"default": inputs["features"], "weak16": project(inputs["features"], 16)}
+    features = {"default": inputs["features"], "weak16": coverage_features(inputs["features"], 16, seed=0)}
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
 
     path = kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json"
+    if args.product is not None:
+        return run_product(inputs, labels, u, val_indices, args.product, path)
     if args.learn_tie_break is not None:
         saved = json.loads(path.read_text())
         runs = saved.setdefault("tie_break_learned", {}).setdefault(f"{args.learn_tie_break:g}", {})
@@ -190,10 +164,11 @@ def main(argv=None):
         }
         objectives = dict(base)
         for lam in MIXES:
-            objectives[f"mix@{lam}"] = Mix([(w, base[k]) for w, k in mix_weights(f"mix@{lam}")])
+            objectives[f"mix@{lam}"] = OuterObjective([(w, base[k]) for w, k in mix_weights(f"mix@{lam}")])
         if args.learn_tie_break is not None:
             for name in ("default", *(f"mix@{lam}" for lam in MIXES)):
-                learned = learn(EntropyTieBreak(objectives[name], args.learn_tie_break))
+                parts = objectives[name].parts if name in objectives and name.startswith("mix") else [(1.0, base[name])]
+                learned = learn(OuterObjective([(w, obj) for w, obj, *_ in parts], args.learn_tie_break))
                 runs.setdefault(str(ratio), {})[name] = learned
                 print(f"ratio {ratio} {name:9s} eps {args.learn_tie_break:g}: learned Beta({learned['a']:.2f}, "
                       f"{learned['b']:.2f}){' (bound)' if learned['on_bound'] else ''}", flush=True)  # fmt: skip

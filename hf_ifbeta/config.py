@@ -82,6 +82,9 @@ class PolicyReduction:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
 
 
+OUTER_OBJECTIVES = ("kd", "kd+coverage")
+
+
 @dataclass(frozen=True)
 class PolicyArguments:
     """How `policy.learn_beta_policy` learns the Beta policy's (a, b) (the proxy loss aside).
@@ -104,6 +107,15 @@ class PolicyArguments:
             setting. The inner ops are small, and more threads than free cores stall them.
         chunk_size (`int`): rows per read of (memory-mapped) arrays on the reduced path.
         reduction (`PolicyReduction`): when and how a large head's problem is reduced.
+        objective (`str`): the outer loss. "kd": the proxy's validation KD loss (rewards informative rows).
+            "kd+coverage": that loss mixed with the same proxy's on features randomly projected to `coverage_dim`
+            dimensions, which cannot reproduce the teacher and so loses accuracy where the kept rows cover the data
+            badly; each term is taken relative to its value under the uniform policy.
+        coverage_weight (`float`): share of the coverage term in "kd+coverage", in [0, 1].
+        coverage_dim (`int`): dimensions of the coverage proxy's projected features.
+        entropy_weight (`float`): weight of `-H(Beta(a, b))` added to the (relative) outer loss: a maximum-entropy
+            tie-break between policies the loss finds almost equally good, so that the answer is not wherever
+            Adam drifts along a flat ridge.
     """
 
     outer_steps: int = 20
@@ -119,9 +131,19 @@ class PolicyArguments:
     num_threads: Optional[int] = 1
     chunk_size: int = 65_536
     reduction: PolicyReduction = PolicyReduction()
+    objective: str = "kd"
+    coverage_weight: float = 0.75
+    coverage_dim: int = 16
+    entropy_weight: float = 0.0
 
     def __post_init__(self):
-        for name in ("outer_steps", "eval_seeds", "chunk_size"):
+        if self.objective not in OUTER_OBJECTIVES:
+            raise ValueError(f"Unknown policy objective {self.objective!r}. Choose between {list(OUTER_OBJECTIVES)}.")
+        if not 0.0 <= self.coverage_weight <= 1.0:
+            raise ValueError(f"coverage_weight must be in [0, 1], got {self.coverage_weight}.")
+        if not self.entropy_weight >= 0.0:
+            raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}.")
+        for name in ("outer_steps", "eval_seeds", "chunk_size", "coverage_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 1.0 < self.max_ab <= MAX_AB:
@@ -284,6 +306,24 @@ class PrunerConfig:
         default=PolicyArguments.subsample,
         metadata={"help": "Rows (stratified) the bilevel problem is solved on; cost grows with its square. None: all rows."},
     )
+    policy_objective: str = field(
+        default=PolicyArguments.objective,
+        metadata={
+            "help": "Outer loss of the policy: 'kd' (the proxy's validation KD loss) or 'kd+coverage' (mixed with a "
+            "proxy on randomly projected features, which feels the rows a subset leaves out).",
+            "choices": list(OUTER_OBJECTIVES),
+        },
+    )
+    policy_coverage_weight: float = field(
+        default=PolicyArguments.coverage_weight, metadata={"help": "Share of the coverage term in 'kd+coverage'."}
+    )
+    policy_coverage_dim: int = field(
+        default=PolicyArguments.coverage_dim, metadata={"help": "Dimensions of the coverage proxy's features."}
+    )
+    policy_entropy_weight: float = field(
+        default=PolicyArguments.entropy_weight,
+        metadata={"help": "Weight of the maximum-entropy tie-break -H(Beta(a, b)) in the outer loss (0: none)."},
+    )
 
     seed: int = field(default=0, metadata={"help": "Seed of the validation split, subsamples and sampling."})
 
@@ -348,6 +388,8 @@ class PrunerConfig:
                 outer_steps=self.outer_steps, outer_lr=self.outer_lr, inner_epochs=self.inner_epochs,
                 inner_batch_size=self.inner_batch_size, inner_lr=self.inner_lr, subsample=self.policy_subsample,
                 max_ab=self.policy_max_ab, stratify=self.stratify, chunk_size=self.stream_chunk_size,
+                objective=self.policy_objective, coverage_weight=self.policy_coverage_weight,
+                coverage_dim=self.policy_coverage_dim, entropy_weight=self.policy_entropy_weight,
             ),
         )  # fmt: skip
 

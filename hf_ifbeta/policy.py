@@ -24,7 +24,7 @@ import torch
 from .losses import ProxyLoss, blended_target, build_proxy_loss, classes_first_loss, logit_grad, logit_grad_jvp
 from .selection import check_labels, check_ratio, class_budgets, class_rows, gumbel_top_k, num_kept, select_per_class
 
-__all__ = ["BetaPolicy", "PolicyObjective", "rank_positions"]
+__all__ = ["BetaPolicy", "PolicyObjective", "beta_entropy", "rank_positions"]
 
 # Weights below exp(-700) of the largest are floored there: every row keeps a positive weight,
 # so the soft budget is always reachable (float64 exp underflows at about -745).
@@ -71,6 +71,17 @@ def rank_positions(
     u = np.empty(n)
     u[order] = (np.arange(n) + 0.5) / n
     return u
+
+
+def beta_entropy(log_ab) -> Tuple[float, np.ndarray]:
+    """Differential entropy of Beta(a, b) and its gradient in (log a, log b); 0 at the uniform policy, its maximum."""
+    from scipy.special import betaln, digamma, polygamma
+
+    a, b = np.exp(np.asarray(log_ab, dtype=np.float64))
+    entropy = betaln(a, b) - (a - 1) * digamma(a) - (b - 1) * digamma(b) + (a + b - 2) * digamma(a + b)
+    common = (a + b - 2) * polygamma(1, a + b)
+    grad = np.array([a * (common - (a - 1) * polygamma(1, a)), b * (common - (b - 1) * polygamma(1, b))])
+    return float(entropy), grad
 
 
 @dataclass

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -19,10 +19,10 @@ from .arrays import ieee_float32
 from .config import MIN_AB, PolicyArguments
 from .distributed import resolve_device
 from .losses import ProxyLoss
-from .policy import BetaPolicy, PolicyObjective, _check_arrays, _check_positions
+from .policy import BetaPolicy, PolicyObjective, _check_arrays, _check_positions, beta_entropy
 from .selection import check_ratio, stratified_subsample
 
-__all__ = ["PolicyLearningResult", "learn_beta_policy"]
+__all__ = ["OuterObjective", "PolicyLearningResult", "coverage_features", "learn_beta_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,69 @@ def learn_beta_policy(
         torch.set_num_threads(previous_threads)
 
 
+def coverage_features(features: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """Standardised `features` times a fixed Gaussian (d, dim) matrix: features from which a linear head can no
+    longer reproduce the teacher, so that its fit depends on which rows it sees."""
+    f = np.asarray(features, dtype=np.float32)
+    f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    gaussian = np.random.default_rng([seed, dim]).standard_normal((f.shape[1], dim)) / math.sqrt(f.shape[1])
+    return f @ gaussian.astype(np.float32)
+
+
+class OuterObjective:
+    """`sum_k w_k * objective_k / objective_k(uniform) - entropy_weight * H(Beta(a, b))` over (log a, log b).
+
+    Each part is a `PolicyObjective`; the first is the proxy's KD loss, whose sizes the caller reads. A hard
+    subset has no Beta, so `subset_loss` is the weighted sum alone.
+    """
+
+    def __init__(self, parts: List, entropy_weight: float = 0.0):
+        self.parts = [(float(w), obj, float(obj.loss(np.zeros(2)))) for w, obj in parts]
+        self.entropy_weight = float(entropy_weight)
+        first = self.parts[0][1]
+        self.u, self.labels, self.n, self.m = first.u, first.labels, first.n, first.m
+        self.num_steps, self.device = first.num_steps, first.device
+
+    def loss(self, log_ab) -> float:
+        value = sum(w * float(obj.loss(log_ab)) / base for w, obj, base in self.parts)
+        return float(value - self.entropy_weight * beta_entropy(log_ab)[0]) if self.entropy_weight else float(value)
+
+    def hypergradient(self, log_ab) -> Tuple[float, np.ndarray]:
+        value, grad = 0.0, np.zeros(2)
+        for w, obj, base in self.parts:
+            v, g = obj.hypergradient(log_ab)
+            value, grad = value + w * v / base, grad + w * np.asarray(g) / base
+        if self.entropy_weight:
+            h, dh = beta_entropy(log_ab)
+            value, grad = value - self.entropy_weight * h, grad - self.entropy_weight * dh
+        return float(value), grad
+
+    def subset_loss(self, rows: np.ndarray) -> float:
+        return float(sum(w * obj.subset_loss(rows) / base for w, obj, base in self.parts))
+
+
+def _outer_objective(features, logits, labels, u, ratio, train, val, loss: ProxyLoss, args: PolicyArguments, seed, device):
+    """The proxy KD objective alone (the default), or the mixture `args.objective` / `args.entropy_weight` ask for."""
+
+    def proxy(f):
+        return PolicyObjective(
+            f[train], logits[train], labels[train], u[train], ratio, f[val], logits[val], labels[val],
+            alpha=loss.alpha, temperature=loss.temperature, l2=loss.l2, inner_epochs=args.inner_epochs,
+            inner_batch_size=args.inner_batch_size, inner_lr=args.inner_lr, stratify=args.stratify, device=device,
+        )  # fmt: skip
+
+    kd = proxy(features)
+    if args.objective == "kd" and not args.entropy_weight:
+        return kd
+    parts = [(1.0, kd)]
+    if args.objective == "kd+coverage":
+        rows = np.union1d(train, val)  # sorted: one pass over a memory map
+        projected = np.zeros((features.shape[0], args.coverage_dim), dtype=np.float32)
+        projected[rows] = coverage_features(features[rows], args.coverage_dim, seed)
+        parts = [(1.0 - args.coverage_weight, kd), (args.coverage_weight, proxy(projected))]
+    return OuterObjective(parts, args.entropy_weight)
+
+
 def _learn_beta_policy(
     features, logits, labels, u, ratio, val_indices, loss: ProxyLoss, args: PolicyArguments, seed: int, device
 ) -> PolicyLearningResult:
@@ -141,12 +204,7 @@ def _learn_beta_policy(
     is_val[val_indices] = True
     train = stratified_subsample(np.flatnonzero(~is_val), labels, args.subsample, rng)
     val = stratified_subsample(np.sort(val_indices), labels, args.val_subsample, rng)
-    objective = PolicyObjective(
-        features[train], logits[train], labels[train], u[train], ratio,
-        features[val], logits[val], labels[val],
-        alpha=loss.alpha, temperature=loss.temperature, l2=loss.l2, inner_epochs=args.inner_epochs,
-        inner_batch_size=args.inner_batch_size, inner_lr=args.inner_lr, stratify=args.stratify, device=device,
-    )  # fmt: skip
+    objective = _outer_objective(features, logits, labels, u, ratio, train, val, loss, args, seed, device)
 
     # Outer loop: Adam on (log a, log b), from the uniform policy.
     theta = np.zeros(2)

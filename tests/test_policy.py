@@ -251,3 +251,17 @@ def test_inner_steps_follow_the_kept_rows(objective64):
         for ratio in (0.3, 0.7)
     }
     assert steps == {0.3: math.ceil(15 * 490 / 128), 0.7: math.ceil(15 * 210 / 128)}
+
+
+@pytest.mark.parametrize("ab", [(3.0, 0.7), (0.4, 5.0), (1.0, 1.0)])
+def test_beta_entropy_gradient_matches_finite_differences(ab):
+    from scipy.stats import beta
+
+    from hf_ifbeta.policy import beta_entropy
+
+    x, h = np.log(ab), 1e-6
+    value, grad = beta_entropy(x)
+    assert value == pytest.approx(float(beta(*ab).entropy()))
+    numeric = [(beta_entropy(x + h * e)[0] - beta_entropy(x - h * e)[0]) / (2 * h) for e in np.eye(2)]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+    assert beta_entropy(np.zeros(2))[0] == pytest.approx(0.0)  # uniform: the maximum

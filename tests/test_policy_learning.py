@@ -147,3 +147,48 @@ def test_max_ab_bounds_the_learned_policy():
     with pytest.raises(ValueError, match="max_ab must be in"):
         PolicyArguments(max_ab=1.0)
     assert PolicyArguments().max_ab == PrunerConfig().policy_max_ab  # one default box, the pruner's
+
+
+def test_outer_objective_mix_is_relative_to_uniform_and_its_hypergradient_is_its_derivative():
+    from hf_ifbeta.policy import beta_entropy
+    from hf_ifbeta.policy_learning import OuterObjective, coverage_features
+
+    x, z, y, _ = blobs(n=600, num_classes=3, seed=2)
+    u = rank_positions(teacher_confidence(z, y), y)
+    train, val = np.arange(400), np.arange(400, 600)
+    weak = coverage_features(x, 2, seed=0)
+    assert weak.shape == (600, 2) and np.allclose(weak, coverage_features(x, 2, seed=0))
+
+    def proxy(f):
+        return PolicyObjective(f[train], z[train], y[train], u[train], 0.5, f[val], z[val], y[val], inner_epochs=2.0,
+                               dtype=torch.float64)  # fmt: skip
+
+    mix = OuterObjective([(0.25, proxy(x)), (0.75, proxy(weak))], entropy_weight=1e-2)
+    assert mix.loss(np.zeros(2)) == pytest.approx(1.0)  # each part is 1 at uniform, and H(uniform) = 0
+    theta, h = np.log([2.0, 0.7]), 1e-5
+    value, grad = mix.hypergradient(theta)
+    assert value == pytest.approx(mix.loss(theta))
+    numeric = [(mix.loss(theta + h * e) - mix.loss(theta - h * e)) / (2 * h) for e in np.eye(2)]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-7)
+    entropy, _ = beta_entropy(theta)
+    assert entropy < 0 and mix.subset_loss(np.arange(200)) > 0
+
+
+def test_coverage_objective_with_tie_break_runs_in_the_box_and_is_not_the_default():
+    x, z, y, _ = blobs(n=800, num_classes=3, seed=5)
+    u = rank_positions(teacher_confidence(z, y), y)
+    args = PolicyArguments(outer_steps=8, subsample=300, max_ab=16.0, objective="kd+coverage", coverage_dim=2,
+                           entropy_weight=1e-2)  # fmt: skip
+    result = learn_beta_policy(x, z, y, u, 0.5, np.arange(600, 800), policy_args=args)
+    assert np.isfinite(result.val_loss_learned) and np.isfinite(result.val_loss_uniform)
+    assert all(1 / 16 - 1e-9 <= h[k] <= 16 + 1e-9 for h in result.history for k in ("a", "b"))
+    default = learn_beta_policy(x, z, y, u, 0.5, np.arange(600, 800), policy_args=PolicyArguments(outer_steps=8,
+                                subsample=300, max_ab=16.0))  # fmt: skip
+    assert result.history[1]["loss"] != default.history[1]["loss"]  # another objective, not the default's
+
+
+def test_unknown_policy_objective_lists_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown policy objective 'coverage'.*kd\+coverage"):
+        PolicyArguments(objective="coverage")
+    with pytest.raises(ValueError, match="coverage_weight must be in"):
+        PrunerConfig(policy_coverage_weight=1.5).stages()

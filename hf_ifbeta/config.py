@@ -23,8 +23,6 @@ __all__ = [
     "TeacherPassArguments",
 ]
 
-# The inverse-Hessian paths of `influence_scores`; a literal here so that this module imports nothing that
-# computes (the solver registry is their owner).
 SCORE_TYPES = ("influence", "self-influence")
 # Box of the outer policy search on a and b: Beta(0.1, .) is already an extreme two-tailed policy, Beta(50, 1)
 # keeps essentially the top of each class.
@@ -87,7 +85,7 @@ OUTER_OBJECTIVES = ("kd", "kd+coverage")
 
 @dataclass(frozen=True)
 class PolicyArguments:
-    """How `policy.learn_beta_policy` learns the Beta policy's (a, b) (the proxy loss aside).
+    """How `policy_learning.learn_beta_policy` learns the Beta policy's (a, b) (the proxy loss aside).
 
     Args:
         outer_steps (`int`): outer (hypergradient) steps.
@@ -111,8 +109,8 @@ class PolicyArguments:
             "kd+coverage": that loss mixed with the same proxy's on features randomly projected to `coverage_dim`
             dimensions, which cannot reproduce the teacher and so loses accuracy where the kept rows cover the data
             badly; each term is taken relative to its value under the uniform policy.
-        coverage_weight (`float`): share of the coverage term in "kd+coverage", in [0, 1].
-        coverage_dim (`int`): dimensions of the coverage proxy's projected features.
+        coverage_weight (`float`): share of the coverage term in "kd+coverage", in [0, 1]; ignored with "kd".
+        coverage_dim (`int`): dimensions of the coverage proxy's projected features, fewer than the teacher's.
         entropy_weight (`float`): weight of `-H(Beta(a, b))` added to the (relative) outer loss: a maximum-entropy
             tie-break between policies the loss finds almost equally good, so that the answer is not wherever
             Adam drifts along a flat ridge.
@@ -141,8 +139,8 @@ class PolicyArguments:
             raise ValueError(f"Unknown policy objective {self.objective!r}. Choose between {list(OUTER_OBJECTIVES)}.")
         if not 0.0 <= self.coverage_weight <= 1.0:
             raise ValueError(f"coverage_weight must be in [0, 1], got {self.coverage_weight}.")
-        if not self.entropy_weight >= 0.0:
-            raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}.")
+        if not 0.0 <= self.entropy_weight < float("inf"):  # also rejects NaN
+            raise ValueError(f"entropy_weight must be finite and >= 0, got {self.entropy_weight}.")
         for name in ("outer_steps", "eval_seeds", "chunk_size", "coverage_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -280,8 +278,7 @@ class PrunerConfig:
         default=PolicyArguments.max_ab,
         metadata={
             "help": "The learned a and b stay in [max(0.1, 1 / policy_max_ab), policy_max_ab]. 2 allows only mild leans "
-            "from uniform (at most Beta(2, 0.5) towards the top); 50 reaches keep-the-top, which the proxy always "
-            "prefers and distilled students punish when few rows are kept (docs/results.md)."
+            "from uniform (at most Beta(2, 0.5) towards the top); 50 reaches keep-the-top."
         },
     )
     outer_steps: int = field(
@@ -370,6 +367,7 @@ class PrunerConfig:
         for name in ("inner_epochs", "inner_lr", "outer_lr", "cg_tol"):
             if not getattr(self, name) > 0:  # also rejects NaN
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+        self.stages()  # the stage arguments check the rest (the policy objective's fields among them)
 
     def stages(self) -> PrunerStages:
         """This config split into the arguments of each stage: the one place where its fields are unpacked."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .arrays import ProxyData, Stream, ieee_float32, scan
+from .distributed import resolve_device
 from .losses import ProxyLoss, build_proxy_loss, row_terms, soft_targets
 from .solvers import Solver, get_solver, resolve_solver
 
@@ -325,8 +326,7 @@ def _influence_scores(features, logits, labels, val_indices, loss: ProxyLoss, ar
     timings: Dict[str, float] = {}
     clock = time.perf_counter()
     features, logits, labels, val = _check_inputs(features, logits, labels, val_indices)
-    device = args.device
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     n, d = features.shape
     C = logits.shape[1]
     P = C * (d + 1)

@@ -1,7 +1,7 @@
 """Bilevel learning of the Beta policy's (a, b) for one pruning ratio: `learn_beta_policy`.
 
 The outer problem is Adam on (log a, log b) inside a box, from the uniform policy, on the proxy validation KD loss
-of `policy.PolicyObjective`; the learned policy is then checked on discrete subsets against uniform, and uniform is
+of `policy.PolicyObjective` (or the `OuterObjective` mixture `PolicyArguments.objective` asks for); the learned policy is then checked on discrete subsets against uniform, and uniform is
 kept when it is not beaten. `policy_scale.learn_beta_policy_at_scale` runs the same learning on a reduced copy of the
 problem for large heads.
 """
@@ -73,7 +73,8 @@ def learn_beta_policy(
     seed: int = 0,
     device=None,
 ) -> PolicyLearningResult:
-    """Learn the Beta policy's (a, b) by minimising the proxy validation KD loss (bilevel, hypergradient).
+    """Learn the Beta policy's (a, b) by minimising the outer objective (bilevel, hypergradient): by default the
+    proxy validation KD loss, else the `OuterObjective` of `policy_args.objective` and `policy_args.entropy_weight`.
 
     The problem is solved on a stratified random subsample of the non-validation rows. Adam on
     (log a, log b) starts from the uniform policy (0, 0), stays in the box of `policy_args.max_ab` and returns
@@ -132,8 +133,9 @@ def coverage_features(features: np.ndarray, dim: int, seed: int) -> np.ndarray:
 class OuterObjective:
     """`sum_k w_k * objective_k / objective_k(uniform) - entropy_weight * H(Beta(a, b))` over (log a, log b).
 
-    Each part is a `PolicyObjective`; the first is the proxy's KD loss, whose sizes the caller reads. A hard
-    subset has no Beta, so `subset_loss` is the weighted sum alone.
+    Each part is a `PolicyObjective` (they share their rows, so the caller reads sizes from the first). A hard
+    subset has no Beta, so `subset_loss` is the weighted sum alone. Its values are relative (1 at the uniform
+    policy without the tie-break), and so are the `history` losses of a `learn_beta_policy` run with it.
     """
 
     def __init__(self, parts: List, entropy_weight: float = 0.0):
@@ -175,11 +177,18 @@ def _outer_objective(features, logits, labels, u, ratio, train, val, loss: Proxy
     if args.objective == "kd" and not args.entropy_weight:
         return kd
     parts = [(1.0, kd)]
-    if args.objective == "kd+coverage":
+    if args.objective == "kd+coverage" and args.coverage_weight > 0:
+        if args.coverage_dim >= features.shape[1]:
+            raise ValueError(
+                f"coverage_dim={args.coverage_dim} must be below the teacher's {features.shape[1]} features: a proxy "
+                "on as many dimensions can still reproduce the teacher, so it would not measure coverage."
+            )
         rows = np.union1d(train, val)  # sorted: one pass over a memory map
         projected = np.zeros((features.shape[0], args.coverage_dim), dtype=np.float32)
         projected[rows] = coverage_features(features[rows], args.coverage_dim, seed)
-        parts = [(1.0 - args.coverage_weight, kd), (args.coverage_weight, proxy(projected))]
+        coverage = proxy(projected)
+        parts = [(args.coverage_weight, coverage)] if args.coverage_weight == 1 else [
+            (1.0 - args.coverage_weight, kd), (args.coverage_weight, coverage)]  # fmt: skip
     return OuterObjective(parts, args.entropy_weight)
 
 

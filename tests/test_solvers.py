@@ -124,10 +124,3 @@ def test_registry_names_and_unknown_name():
     assert resolve_solver("auto", num_params=100, exact_max_params=100) is ExactSolver
     assert resolve_solver("auto", num_params=101, exact_max_params=100) is KfacSolver
     assert resolve_solver("exact", num_params=10**9, exact_max_params=100) is ExactSolver
-
-
-def test_config_validates_the_same_names():
-    """config.py keeps a literal tuple (it must not import the solvers): it has to list the registry's names."""
-    from hf_ifbeta.config import HESSIAN_MODES as CONFIG_MODES
-
-    assert tuple(CONFIG_MODES) == HESSIAN_MODES

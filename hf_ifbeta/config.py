@@ -111,6 +111,8 @@ class PolicyArguments:
             badly; each term is taken relative to its value under the uniform policy.
         coverage_weight (`float`): share of the coverage term in "kd+coverage", in [0, 1]; ignored with "kd".
         coverage_dim (`int`): dimensions of the coverage proxy's projected features, fewer than the teacher's.
+        coverage_views (`int`): independent random projections the coverage term averages over, so that the
+            answer does not hang on one draw.
         entropy_weight (`float`): weight of `-H(Beta(a, b))` added to the (relative) outer loss: a maximum-entropy
             tie-break between policies the loss finds almost equally good, so that the answer is not wherever
             Adam drifts along a flat ridge.
@@ -132,6 +134,7 @@ class PolicyArguments:
     objective: str = "kd"
     coverage_weight: float = 0.75
     coverage_dim: int = 16
+    coverage_views: int = 1
     entropy_weight: float = 0.0
 
     def __post_init__(self):
@@ -141,7 +144,7 @@ class PolicyArguments:
             raise ValueError(f"coverage_weight must be in [0, 1], got {self.coverage_weight}.")
         if not 0.0 <= self.entropy_weight < float("inf"):  # also rejects NaN
             raise ValueError(f"entropy_weight must be finite and >= 0, got {self.entropy_weight}.")
-        for name in ("outer_steps", "eval_seeds", "chunk_size", "coverage_dim"):
+        for name in ("outer_steps", "eval_seeds", "chunk_size", "coverage_dim", "coverage_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 1.0 < self.max_ab <= MAX_AB:
@@ -317,6 +320,10 @@ class PrunerConfig:
     policy_coverage_dim: int = field(
         default=PolicyArguments.coverage_dim, metadata={"help": "Dimensions of the coverage proxy's features."}
     )
+    policy_coverage_views: int = field(
+        default=PolicyArguments.coverage_views,
+        metadata={"help": "Random projections the coverage term averages over."},
+    )
     policy_entropy_weight: float = field(
         default=PolicyArguments.entropy_weight,
         metadata={"help": "Weight of the maximum-entropy tie-break -H(Beta(a, b)) in the outer loss (0: none)."},
@@ -387,7 +394,8 @@ class PrunerConfig:
                 inner_batch_size=self.inner_batch_size, inner_lr=self.inner_lr, subsample=self.policy_subsample,
                 max_ab=self.policy_max_ab, stratify=self.stratify, chunk_size=self.stream_chunk_size,
                 objective=self.policy_objective, coverage_weight=self.policy_coverage_weight,
-                coverage_dim=self.policy_coverage_dim, entropy_weight=self.policy_entropy_weight,
+                coverage_dim=self.policy_coverage_dim, coverage_views=self.policy_coverage_views,
+                entropy_weight=self.policy_entropy_weight,
             ),
         )  # fmt: skip
 

@@ -121,12 +121,13 @@ def learn_beta_policy(
         torch.set_num_threads(previous_threads)
 
 
-def coverage_features(features: np.ndarray, dim: int, seed: int) -> np.ndarray:
-    """Standardised `features` times a fixed Gaussian (d, dim) matrix: features from which a linear head can no
-    longer reproduce the teacher, so that its fit depends on which rows it sees."""
+def coverage_features(features: np.ndarray, dim: int, seed: int, view: int = 0) -> np.ndarray:
+    """Standardised `features` times a fixed Gaussian (d, dim) matrix, one per (seed, view): features from which
+    a linear head can no longer reproduce the teacher, so that its fit depends on which rows it sees."""
     f = np.asarray(features, dtype=np.float32)
     f = (f - f.mean(0)) / (f.std(0) + 1e-6)
-    gaussian = np.random.default_rng([seed, dim]).standard_normal((f.shape[1], dim)) / math.sqrt(f.shape[1])
+    rng = np.random.default_rng([seed, dim] if view == 0 else [seed, dim, view])
+    gaussian = rng.standard_normal((f.shape[1], dim)) / math.sqrt(f.shape[1])
     return f @ gaussian.astype(np.float32)
 
 
@@ -184,11 +185,13 @@ def _outer_objective(features, logits, labels, u, ratio, train, val, loss: Proxy
                 "on as many dimensions can still reproduce the teacher, so it would not measure coverage."
             )
         rows = np.union1d(train, val)  # sorted: one pass over a memory map
-        projected = np.zeros((features.shape[0], args.coverage_dim), dtype=np.float32)
-        projected[rows] = coverage_features(features[rows], args.coverage_dim, seed)
-        coverage = proxy(projected)
-        parts = [(args.coverage_weight, coverage)] if args.coverage_weight == 1 else [
-            (1.0 - args.coverage_weight, kd), (args.coverage_weight, coverage)]  # fmt: skip
+        kept_features = features[rows]
+        coverage = []
+        for view in range(args.coverage_views):
+            projected = np.zeros((features.shape[0], args.coverage_dim), dtype=np.float32)
+            projected[rows] = coverage_features(kept_features, args.coverage_dim, seed, view)
+            coverage.append((args.coverage_weight / args.coverage_views, proxy(projected)))
+        parts = coverage if args.coverage_weight == 1 else [(1.0 - args.coverage_weight, kd), *coverage]
     return OuterObjective(parts, args.entropy_weight)
 
 

@@ -35,7 +35,8 @@ def test_every_field_reaches_its_stage():
         alpha=0.5, temperature=2.0, l2=0.01, standardize=False, hessian="kfac", exact_max_params=5, cg_max_iter=6,
         cg_tol=1e-3, fit_max_iter=8, fit_subsample=100, stream_chunk_size=333, stratify=False, policy_max_ab=3.0,
         outer_steps=4, outer_lr=0.3, inner_epochs=2.0, inner_batch_size=16, inner_lr=0.05, policy_subsample=50,
-        policy_objective="kd+coverage", policy_coverage_weight=0.5, policy_coverage_dim=4, policy_entropy_weight=0.01,
+        policy_objective="kd+coverage", policy_coverage_weight=0.5, policy_coverage_dim=4, policy_coverage_views=2,
+        policy_entropy_weight=0.01,
     )  # fmt: skip
     stages = PrunerConfig(**changed).stages()
     assert stages.teacher_pass == TeacherPassArguments(7, 2, 9, "c", "float16", "fp32")
@@ -47,7 +48,7 @@ def test_every_field_reaches_its_stage():
     assert stages.policy == dataclasses.replace(
         PolicyArguments(), outer_steps=4, outer_lr=0.3, inner_epochs=2.0, inner_batch_size=16, inner_lr=0.05,
         subsample=50, max_ab=3.0, stratify=False, chunk_size=333, objective="kd+coverage", coverage_weight=0.5,
-        coverage_dim=4, entropy_weight=0.01,
+        coverage_dim=4, coverage_views=2, entropy_weight=0.01,
     )  # fmt: skip
 
 

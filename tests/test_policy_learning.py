@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hf_ifbeta.config import PolicyArguments, PrunerConfig
+from hf_ifbeta.losses import ProxyLoss
 from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions
 from hf_ifbeta.policy_learning import PolicyLearningResult, learn_beta_policy
 
@@ -197,3 +198,15 @@ def test_unknown_policy_objective_lists_the_choices():
         PrunerConfig(policy_coverage_weight=1.5)  # checked when the config is made, not when it is used
     with pytest.raises(ValueError, match="entropy_weight must be finite"):
         PrunerConfig(policy_entropy_weight=float("inf"))
+
+
+def test_coverage_views_average_independent_projections():
+    from hf_ifbeta.policy_learning import _outer_objective, coverage_features
+
+    x, z, y, _ = blobs(n=600, num_classes=3, seed=2)
+    assert not np.allclose(coverage_features(x, 2, seed=0, view=0), coverage_features(x, 2, seed=0, view=1))
+    u = rank_positions(teacher_confidence(z, y), y)
+    args = PolicyArguments(objective="kd+coverage", coverage_dim=2, coverage_views=3, coverage_weight=0.6)
+    mix = _outer_objective(x, z, y, u, 0.5, np.arange(400), np.arange(400, 600), ProxyLoss(), args, 0, "cpu")
+    assert [round(w, 12) for w, _, _ in mix.parts] == [0.4, 0.2, 0.2, 0.2]
+    assert mix.loss(np.zeros(2)) == pytest.approx(1.0)

@@ -14,7 +14,9 @@ methods' seed means. The same for variants of the outer objective that the metho
 - `default`: as above (what `learn_beta_policy` optimises, on all non-validation rows);
 - `weak16`: a weaker, non-realisable proxy: the standardised features randomly projected to 16 dimensions
   (the teacher's logits are a linear function of its features, so the default proxy can reproduce them);
-- `scarce1500`: a data-scarce proxy: only the kept rows inside a stratified 1,500-row subsample train it.
+- `scarce1500`: a data-scarce proxy: only the kept rows inside a stratified 1,500-row subsample train it;
+- `layer1`, `layer2`, `layer2_2x2`: the proxy on a fixed weak view, the standardised pooled outputs of an earlier
+  stage of the teacher (16, 32 and 2 x 2 x 32 dims; `benchmarks/stage_features.py` computes them).
 
 And a selection-bias check: influence scored on one half of V, the policies' subsets evaluated on that half
 and on the other (is the proxy's liking for top-influence rows an artefact of scoring and evaluating on the
@@ -50,6 +52,8 @@ from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
 
 VARIANTS = ("default", "weak16", "scarce1500")
+STAGE_VARIANTS = ("layer1", "layer2", "layer2_2x2")
+COVERAGE = ("weak16", *STAGE_VARIANTS)  # the terms mixed with the default
 MIX_WEIGHTS = (0.25, 0.5, 0.75)
 PAIR_APART = 0.5  # points of top-1 between two methods' means below which their order is seed noise
 BETAS = {"random": (1.0, 1.0), "beta(2,1)": (2.0, 1.0), "beta(2,0.5)": (2.0, 0.5), "beta(8.6,0.18)": (8.6, 0.18)}
@@ -67,8 +71,11 @@ class OuterObjective:
             f = f @ np.random.default_rng(seed).standard_normal((f.shape[1], 16)).astype(np.float32) / 4.0
         elif variant == "scarce1500":
             train = stratified_subsample(train, labels, 1500, np.random.default_rng(seed))
+        elif variant in STAGE_VARIANTS:
+            f = inputs["stages"][variant]
+            f = (f - f.mean(0)) / (f.std(0) + 1e-6)
         elif variant != "default":
-            raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
+            raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS + STAGE_VARIANTS}.")
         self.position = np.full(labels.size, -1)
         self.position[train] = np.arange(train.size)
         u = np.full(train.size, 0.5)  # rank positions only feed the soft policy, which subset_loss does not use
@@ -120,19 +127,22 @@ def pair_agreement(means: Dict[str, Dict[str, float]], apart: float = PAIR_APART
     return {"pairs": len(pairs), "agree": int(agree), "share": agree / len(pairs) if pairs else None}
 
 
-def mixed(summary: List[Dict], weight: float) -> List[Dict]:
-    """`weight * default + (1 - weight) * weak16`, each relative to random's proxy loss at that ratio."""
+def mixed(summary: List[Dict], weight: float, coverage: str = "weak16") -> List[Dict]:
+    """`weight * default + (1 - weight) * coverage`, each relative to random's proxy loss at that ratio."""
     by = {(s["variant"], s["ratio"]): s["method_means"] for s in summary}
     out = []
     for ratio in sorted({s["ratio"] for s in summary}):
-        d, w = by[("default", ratio)], by[("weak16", ratio)]
+        if ("default", ratio) not in by or (coverage, ratio) not in by:
+            continue
+        d, w = by[("default", ratio)], by[(coverage, ratio)]
         means = {
             m: {"proxy_loss": weight * d[m]["proxy_loss"] / d["random"]["proxy_loss"]
                 + (1 - weight) * w[m]["proxy_loss"] / w["random"]["proxy_loss"], "test_top1": d[m]["test_top1"]}
             for m in d
         }  # fmt: skip
         rho = _spearman([-v["proxy_loss"] for v in means.values()], [v["test_top1"] for v in means.values()])
-        out.append({"variant": f"mix@{weight:g}", "ratio": ratio, "methods": len(means), "spearman_methods": rho,
+        name = f"mix@{weight:g}" if coverage == "weak16" else f"mix@{weight:g}+{coverage}"
+        out.append({"variant": name, "ratio": ratio, "methods": len(means), "spearman_methods": rho,
                     "method_means": means, "pair_agreement": pair_agreement(means)})  # fmt: skip
     return out
 
@@ -170,23 +180,36 @@ def main(argv=None):
     parser.add_argument(
         "--summarise", action="store_true", help="recompute the summaries from the cells already in the JSON only"
     )
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS + STAGE_VARIANTS,
+        help="score only these variants and add them to the saved cells (same method, ratio and seed); default: "
+        f"{' '.join(VARIANTS)} on every cell, written afresh",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    path = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
+    saved = json.loads(path.read_text()) if path.exists() else None
     if args.summarise:
-        path = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
-        saved = json.loads(path.read_text())
         return write(saved["cells"], saved["selection_bias"], saved["inner_epochs"], path)
+    if args.variants and saved is None:
+        sys.exit(f"--variants adds to {path}, which does not exist: run without it first.")
+    variants = tuple(args.variants or VARIANTS)
 
     results = [
         r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{args.profile}.jsonl")
-        if r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
+        if r.get("setting", "cifar10") == "cifar10" and r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
     ]  # fmt: skip
+    if args.variants:  # only the cells already scored, so that every variant sees the same cells
+        scored = {(c["method"], c["ratio"], c["seed"]) for c in saved["cells"]}
+        results = [r for r in results if (r["method"], r["ratio"], r["seed"]) in scored]
     if not results:
         sys.exit(f"No finished pruning cells in kd_sweep_{args.profile}.jsonl yet.")
     inputs, _ = load_inputs(args.allow_teacher_pass)
+    if set(variants) & set(STAGE_VARIANTS):
+        inputs["stages"] = load_stages(inputs)
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
     ratios = sorted({r["ratio"] for r in results})
-    objectives = {(v, ratio): OuterObjective(inputs, v, ratio, epochs) for v in VARIANTS for ratio in ratios}
+    objectives = {(v, ratio): OuterObjective(inputs, v, ratio, epochs) for v in variants for ratio in ratios}
     pruning = kd_sweep.Pruning(kd_sweep.load_teacher())
 
     cells = []
@@ -199,7 +222,7 @@ def main(argv=None):
             continue
         if len(kept) != r["kept"]:
             raise RuntimeError(f"cell {kd_sweep.cell_key(r)}: rebuilt {len(kept)} rows, the sweep kept {r['kept']}.")
-        losses = {v: objectives[(v, r["ratio"])](kept) for v in VARIANTS}
+        losses = {v: objectives[(v, r["ratio"])](kept) for v in variants}
         cells.append({
             "method": r["method"], "ratio": r["ratio"], "seed": r["seed"], "test_top1": r["test_top1"],
             "proxy_loss": losses, "seconds": time.perf_counter() - t0,
@@ -207,14 +230,33 @@ def main(argv=None):
         print(f"{kd_sweep.cell_key(r):45s} student {r['test_top1']:.2f} %  proxy loss "
               + ", ".join(f"{v} {x:.5f}" for v, x in losses.items()), flush=True)  # fmt: skip
 
+    if args.variants:
+        new = {(c["method"], c["ratio"], c["seed"]): c["proxy_loss"] for c in cells}
+        for c in saved["cells"]:
+            c["proxy_loss"].update(new.get((c["method"], c["ratio"], c["seed"]), {}))
+        return write(saved["cells"], saved["selection_bias"], epochs, path)
     bias = selection_bias_check(inputs, epochs)
-    write(cells, bias, epochs, kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json")
+    write(cells, bias, epochs, path)
+
+
+def load_stages(inputs) -> Dict[str, np.ndarray]:
+    """The earlier-stage features of `stage_features.py`, checked to be the same rows as the teacher pass's."""
+    from stage_features import load
+
+    saved = load()
+    if not np.array_equal(saved["labels"], inputs["labels"]):
+        raise ValueError("stage_features_cifar10.npz holds the rows in another order than the teacher pass.")
+    gap = np.abs(saved["layer3"] - inputs["features"]).max()
+    if gap > 1e-3 * np.abs(inputs["features"]).max():
+        raise ValueError(f"stage_features_cifar10.npz's penultimate features differ from the teacher pass's by {gap}.")
+    return {v: saved[v] for v in STAGE_VARIANTS}
 
 
 def write(cells: List[Dict], bias: Dict, epochs: int, path: Path) -> None:
     """Summaries per variant and ratio (plus the default/weak16 mixes), printed and written with the cells."""
-    summary = [s for v in VARIANTS for s in summarise(cells, v)]
-    summary += [s for w in MIX_WEIGHTS for s in mixed(summary, w)]
+    present = [v for v in VARIANTS + STAGE_VARIANTS if all(v in c["proxy_loss"] for c in cells)]
+    summary = [s for v in present for s in summarise(cells, v)]
+    summary += [s for c in COVERAGE if c in present for w in MIX_WEIGHTS for s in mixed(summary, w, c)]
     fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"  # noqa: E731
     print("\n| outer objective | ratio | methods | rho over method means | pairs > 0.5 apart ordered as the students |")
     print("| --- | --- | --- | --- | --- |")
@@ -222,7 +264,7 @@ def write(cells: List[Dict], bias: Dict, epochs: int, path: Path) -> None:
         pa = s["pair_agreement"]
         print(f"| {s['variant']} | {s['ratio']} | {s['methods']} | {fmt(s.get('spearman_methods'))} | "
               f"{pa['agree']} / {pa['pairs']} |")  # fmt: skip
-    report = {"protocol": __doc__.split("\n\n")[1], "inner_epochs": epochs, "variants": VARIANTS, "cells": cells,
+    report = {"protocol": __doc__.split("\n\n")[1], "inner_epochs": epochs, "variants": present, "cells": cells,
               "per_ratio": summary, "selection_bias": bias}  # fmt: skip
     path.write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
     print(f"wrote {path}")

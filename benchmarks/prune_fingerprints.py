@@ -35,10 +35,18 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Entries added to the policy record after the fingerprints were recorded; each is derived from a, b and the box.
+DERIVED = ("on_bound", "box")
+
+
 def without_times(value):
-    """The policy record minus wall-clock entries (`*_seconds`, `*_s`), which no refactor keeps equal."""
+    """The policy record minus wall-clock entries (`*_seconds`, `*_s`), which no refactor keeps equal, and minus
+    the `DERIVED` entries added since the record."""
     if isinstance(value, dict):
-        return {k: without_times(v) for k, v in value.items() if not (k.endswith("_seconds") or k.endswith("_s"))}
+        return {
+            k: without_times(v) for k, v in value.items()
+            if not (k.endswith("_seconds") or k.endswith("_s") or k in DERIVED)
+        }  # fmt: skip
     if isinstance(value, list):
         return [without_times(v) for v in value]
     return value

@@ -128,6 +128,9 @@ def _dataset_card(
         if "a" in policy
         else "the method's fixed selection rule"
     )
+    if policy.get("on_bound"):
+        low, high = policy["info"]["box"]
+        policy_line += f" (on the bound of its search box [{low:g}, {high:g}]: the box set it, not the objective)"
     load = (
         f'ds = datasets.load_dataset("<this repo>", split="{source["split"]}")'
         if materialize

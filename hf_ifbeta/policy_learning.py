@@ -22,7 +22,7 @@ from .losses import ProxyLoss
 from .policy import BetaPolicy, PolicyObjective, _check_arrays, _check_positions, beta_entropy
 from .selection import check_ratio, stratified_subsample
 
-__all__ = ["OuterObjective", "PolicyLearningResult", "coverage_features", "learn_beta_policy"]
+__all__ = ["OuterObjective", "PolicyLearningResult", "bounds_reached", "coverage_features", "learn_beta_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class PolicyLearningResult:
         val_loss_learned (`float`): mean proxy validation loss of discrete subsets of the learned policy.
         val_loss_uniform (`float`): the same for the uniform policy (same seeds, same budget).
         fell_back_to_uniform (`bool`): the learned policy did not beat uniform on discrete subsets.
-        info (`Dict`): sizes, inner steps, the learned (a, b) before any fallback, timings.
+        info (`Dict`): sizes, inner steps, the learned (a, b) before any fallback, the search's `box` and which of
+            the learned a and b sit on it (`on_bound`, e.g. `{"b": "lower"}`; empty inside the box), timings.
     """
 
     policy: BetaPolicy
@@ -119,6 +120,16 @@ def learn_beta_policy(
             )
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def bounds_reached(ab: Tuple[float, float], log_box: Tuple[float, float]) -> Dict[str, str]:
+    """Which of a and b sit on the box (`{"a": "upper", "b": "lower"}`); empty when both are inside."""
+    out = {}
+    for name, value in zip("ab", ab):
+        for side, bound in zip(("lower", "upper"), log_box):
+            if abs(math.log(value) - bound) < 1e-9:  # Adam's iterate is clipped onto the bound exactly
+                out[name] = side
+    return out
 
 
 def coverage_features(features: np.ndarray, dim: int, seed: int, view: int = 0) -> np.ndarray:
@@ -219,6 +230,7 @@ def _learn_beta_policy(
     objective = _outer_objective(features, logits, labels, u, ratio, train, val, loss, args, seed, device)
 
     # Outer loop: Adam on (log a, log b), from the uniform policy.
+    log_box = (max(math.log(MIN_AB), -math.log(args.max_ab)), math.log(args.max_ab))
     theta = np.zeros(2)
     m1, m2 = np.zeros(2), np.zeros(2)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
@@ -235,7 +247,7 @@ def _learn_beta_policy(
         theta = theta - args.outer_lr * (m1 / (1 - beta1 ** (step + 1))) / (
             np.sqrt(m2 / (1 - beta2 ** (step + 1))) + eps
         )
-        theta = np.clip(theta, max(math.log(MIN_AB), -math.log(args.max_ab)), math.log(args.max_ab))
+        theta = np.clip(theta, *log_box)
     best = min(history, key=lambda h: h["loss"])
     learned = BetaPolicy(best["a"], best["b"])
     learn_time = time.perf_counter() - start
@@ -257,6 +269,8 @@ def _learn_beta_policy(
     info = {
         "learned_a": learned.a,
         "learned_b": learned.b,
+        "box": [math.exp(log_box[0]), math.exp(log_box[1])],
+        "on_bound": bounds_reached((learned.a, learned.b), log_box),
         "best_step": best["step"],
         "soft_loss_uniform": history[0]["loss"],
         "soft_loss_learned": best["loss"],

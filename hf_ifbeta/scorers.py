@@ -95,7 +95,7 @@ class Selection:
     Args:
         indices (`np.ndarray`): (m,) sorted unique int64 row ids of the kept rows.
         policy (`Dict`, *optional*): the parameters of the selection rule, when it has any: `a`, `b` (and for
-            if-beta the outer-loop `history`, validation losses and `fell_back_to_uniform`) for the Beta
+            if-beta the outer-loop `history`, validation losses, `fell_back_to_uniform` and `on_bound`) for the Beta
             methods, the hard cutoff `beta` for ccs. JSON-serialisable.
     """
 
@@ -554,7 +554,7 @@ class IFBeta(PruningMethod):
             policy = BetaPolicy(float(config.policy_a), float(config.policy_b))
             record = dict(
                 learned=False, history=[], val_loss_learned=None, val_loss_uniform=None, fell_back_to_uniform=False,
-                info={},
+                on_bound=False, info={},
             )
         else:
             result = learn_beta_policy_at_scale(
@@ -568,8 +568,16 @@ class IFBeta(PruningMethod):
                 val_loss_learned=_float_or_none(result.val_loss_learned),
                 val_loss_uniform=_float_or_none(result.val_loss_uniform),
                 fell_back_to_uniform=bool(result.fell_back_to_uniform),
+                on_bound=bool(result.info.get("on_bound")) and not result.fell_back_to_uniform,
                 info=dict(result.info),
             )
+            if record["on_bound"]:
+                logger.warning(
+                    "if-beta: the learned policy Beta(%.3g, %.3g) at ratio %.3f sits on the bound of its search box "
+                    "[%.3g, %.3g] (%s): the box chose it, not the outer objective. A larger policy_max_ab lets the "
+                    "objective decide.", policy.a, policy.b, ratio, *result.info["box"],
+                    ", ".join(f"{k} {v}" for k, v in result.info["on_bound"].items()),
+                )  # fmt: skip
         indices = policy.select(u, ratio, labels=outputs.labels, stratify=policy_args.stratify, seed=seed)
         logger.info("if-beta: ratio %.3f, Beta(%.3f, %.3f), learned=%s", ratio, policy.a, policy.b, record["learned"])
         return Selection(indices, policy={"a": float(policy.a), "b": float(policy.b), **record})

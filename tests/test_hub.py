@@ -106,6 +106,15 @@ def test_card_embeds_the_policy_plot_and_the_class_grid(result, tiny_ds, tmp_pat
     assert {"policy.png", "class_grid.png"} <= set(uploaded["files"]) and "figures/class_grid.png" in uploaded["readme"]
 
 
+def test_card_says_when_the_policy_sits_on_its_box(result, tmp_path, monkeypatch):
+    monkeypatch.setattr(result, "policy", {"a": 2.0, "b": 0.5, "on_bound": True, "info": {"box": [0.5, 2.0]}})
+    card = (save_pruning_result_for_hub(result, tmp_path / "on") / "README.md").read_text()
+    assert "Beta(a=2.000, b=0.500)" in card and "on the bound of its search box [0.5, 2]" in card
+    monkeypatch.setattr(result, "policy", {"a": 2.7, "b": 0.4, "on_bound": False, "info": {"box": [0.0625, 16.0]}})
+    card = (save_pruning_result_for_hub(result, tmp_path / "off") / "README.md").read_text()
+    assert "Beta(a=2.700, b=0.400)" in card and "search box" not in card
+
+
 def test_card_without_the_rows_has_the_policy_plot_only(result, tmp_path):
     pytest.importorskip("matplotlib")
     folder = save_pruning_result_for_hub(result, tmp_path / "subset")

@@ -9,7 +9,7 @@ import torch
 from hf_ifbeta.config import PolicyArguments, PrunerConfig
 from hf_ifbeta.losses import ProxyLoss
 from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions
-from hf_ifbeta.policy_learning import PolicyLearningResult, learn_beta_policy
+from hf_ifbeta.policy_learning import PolicyLearningResult, bounds_reached, learn_beta_policy
 
 from test_policy import blobs, teacher_confidence
 
@@ -71,6 +71,32 @@ def test_learning_records_history_and_stays_in_the_box():
     assert result.info["soft_loss_learned"] == min(h["loss"] for h in result.history)
     summary = result.to_dict()
     assert set(summary) >= {"a", "b", "history", "val_loss_learned", "val_loss_uniform", "fell_back_to_uniform"}
+
+
+def test_bounds_reached_names_each_parameter_on_the_box():
+    box = (math.log(0.5), math.log(2.0))
+    assert bounds_reached((2.0, 0.5), box) == {"a": "upper", "b": "lower"}
+    assert bounds_reached((math.exp(math.log(2.0)), 1.3), box) == {"a": "upper"}
+    assert bounds_reached((1.999, 0.501), box) == {}
+
+
+@pytest.mark.parametrize("max_ab, expected", [(2.0, {"a": "upper", "b": "lower"}), (50.0, {})])
+def test_learning_records_whether_the_policy_ends_on_the_box(monkeypatch, max_ab, expected):
+    """An outer signal that always asks for a stronger top lean drives a small box to its corner; in the full box
+    the same 8 steps end inside it. The record names the box and the bounds reached."""
+    x, z, y, _ = blobs(n=800, num_classes=3, seed=5)
+    u = rank_positions(teacher_confidence(z, y), y)
+
+    def toward_the_top(self, log_ab):
+        return float(log_ab[1] - log_ab[0]), np.array([-1.0, 1.0])
+
+    monkeypatch.setattr(PolicyObjective, "hypergradient", toward_the_top)
+    args = PolicyArguments(outer_steps=8, outer_lr=0.2, subsample=300, max_ab=max_ab, eval_seeds=1)
+    result = learn_beta_policy(x, z, y, u, 0.5, np.arange(600, 800), policy_args=args)
+    assert result.info["box"] == pytest.approx([max(0.1, 1 / max_ab), max_ab])  # never below MIN_AB
+    assert result.info["on_bound"] == expected
+    if expected:
+        assert (result.info["learned_a"], result.info["learned_b"]) == pytest.approx((2.0, 0.5))
 
 
 def test_falls_back_to_uniform_when_the_learned_policy_loses(monkeypatch):

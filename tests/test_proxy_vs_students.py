@@ -43,6 +43,16 @@ def test_variants_weaken_the_proxy_as_documented(inputs):
         pvs.OuterObjective(inputs, "oracle", ratio=0.5, epochs=2)
 
 
+def test_stage_variants_train_the_proxy_on_the_standardised_stage_features(inputs):
+    rng = np.random.default_rng(1)
+    stages = {v: rng.normal(5.0, 3.0, (3000, d)).astype(np.float32) for v, d in
+              (("layer1", 16), ("layer2", 32), ("layer2_2x2", 128))}  # fmt: skip
+    obj = pvs.OuterObjective({**inputs, "stages": stages}, "layer2", ratio=0.5, epochs=2)
+    x = obj.objective.x[:, :-1]  # without the bias column
+    assert x.shape[1] == 32
+    assert abs(float(x.mean())) < 0.1 and float(x.std()) == pytest.approx(1.0, abs=0.1)
+
+
 def test_summarise_ranks_lower_loss_as_better_per_variant():
     cells = []
     for seed in (0, 1):
@@ -76,3 +86,9 @@ def test_mixed_weights_each_term_relative_to_random():
     assert mix["method_means"]["random"]["proxy_loss"] == pytest.approx(1.0)
     assert mix["method_means"]["topk"]["proxy_loss"] == pytest.approx(0.5 * 0.5 + 0.5 * 2.0)
     assert mix["pair_agreement"] == {"pairs": 1, "agree": 1, "share": 1.0}  # random better, and the mix says so
+    assert mix["variant"] == "mix@0.5"
+    rows.append(summary("layer2", {"random": 1.0, "topk": 0.5}))
+    (stage_mix,) = pvs.mixed(rows, 0.25, "layer2")
+    assert stage_mix["variant"] == "mix@0.25+layer2"
+    assert stage_mix["method_means"]["topk"]["proxy_loss"] == pytest.approx(0.25 * 0.5 + 0.75 * 0.5)
+    assert pvs.mixed(rows[:1], 0.5, "layer2") == []  # no coverage term scored: no mix

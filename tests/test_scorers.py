@@ -389,9 +389,34 @@ def test_if_beta_learns_the_policy_for_the_ratio(monkeypatch):
     assert [h["step"] for h in record.pop("history")] == [0, 1]
     assert record == {
         "a": 2.5, "b": 1.5, "learned": True, "val_loss_learned": 0.8, "val_loss_uniform": 0.9,
-        "fell_back_to_uniform": False, "info": {"steps": 3},
+        "fell_back_to_uniform": False, "on_bound": False, "info": {"steps": 3},
     }
     assert len(selection.indices) == 60
+
+
+@pytest.mark.parametrize("on_bound, fell_back, warned", [({"b": "lower"}, False, True), ({}, False, False),
+                                                          ({"a": "upper"}, True, False)])  # fmt: skip
+def test_if_beta_warns_when_the_learned_policy_sits_on_its_box(monkeypatch, caplog, on_bound, fell_back, warned):
+    """The record says whether the policy used is on a bound of the search box, and the pruner warns then; a
+    policy that fell back to uniform is not on a bound, whatever the learned one was."""
+
+    def fake_learn(*args, **kwargs):
+        return SimpleNamespace(
+            policy=policy.BetaPolicy(1.0, 1.0) if fell_back else policy.BetaPolicy(2.0, 0.5), history=[],
+            val_loss_learned=0.8, val_loss_uniform=0.9, fell_back_to_uniform=fell_back,
+            info={"box": [0.5, 2.0], "on_bound": on_bound},
+        )  # fmt: skip
+
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", fake_learn)
+    with caplog.at_level("WARNING", logger="hf_ifbeta.scorers"):
+        selection, _ = run("if-beta", tiny_outputs(), 0.5)
+    assert selection.policy["on_bound"] is warned
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned:
+        assert len(messages) == 1 and "[0.5, 2]" in messages[0] and "b lower" in messages[0]
+        assert "policy_max_ab" in messages[0]
+    else:
+        assert not messages
 
 
 def test_influence_methods_with_the_real_influence_module():

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import kd_sweep  # noqa: E402
 from proxy_calibration import load_inputs  # noqa: E402
+from proxy_vs_students import load_stages  # noqa: E402
 
 from hf_ifbeta.config import PrunerConfig  # noqa: E402
 from hf_ifbeta.policy import PolicyObjective, beta_entropy, rank_positions  # noqa: E402
@@ -51,10 +52,10 @@ RATIOS = (0.3, 0.5, 0.7)
 GRID2 = [(a, b) for a in GRID for b in GRID]
 
 
-def mix_weights(name: str):
-    """`mix@L` -> [(L, "default"), (1 - L, "weak16")]."""
+def mix_weights(name: str, coverage: str = "weak16"):
+    """`mix@L` -> [(L, "default"), (1 - L, coverage)]."""
     lam = float(name.split("@")[1])
-    return [(lam, "default"), (1.0 - lam, "weak16")]
+    return [(lam, "default"), (1.0 - lam, coverage)]
 
 
 def learn(objective, steps: int = 40, lr: float = 0.2):
@@ -106,12 +107,11 @@ def run_product(inputs, labels, u, val_indices, fields, path: Path) -> None:
     stages = config.stages()
     saved = json.loads(path.read_text())
     runs = saved.setdefault("product", {}).setdefault(" ".join(sorted(fields)), {})
-    lo, hi = max(0.1, 1 / stages.policy.max_ab), stages.policy.max_ab
     for ratio in RATIOS:
         result = learn_beta_policy(inputs["features"], inputs["logits"], labels, u, ratio, val_indices,
                                    loss=stages.loss, policy_args=stages.policy, seed=0)  # fmt: skip
         a, b = result.info["learned_a"], result.info["learned_b"]
-        on_bound = any(abs(math.log(x) - math.log(edge)) < 1e-6 for x in (a, b) for edge in (lo, hi))
+        on_bound = bool(result.info["on_bound"])
         runs[str(ratio)] = {"a": a, "b": b, "on_bound": on_bound, "fell_back_to_uniform": result.fell_back_to_uniform,
                             "val_loss_learned": result.val_loss_learned, "val_loss_uniform": result.val_loss_uniform}  # fmt: skip
         print(f"ratio {ratio} {' '.join(fields)}: learned Beta({a:.2f}, {b:.2f}){' (bound)' if on_bound else ''}"
@@ -127,6 +127,11 @@ def main(argv=None):
     parser.add_argument(
         "--product", nargs="*", metavar="FIELD=VALUE", default=None,
         help="run learn_beta_policy itself with these PrunerConfig fields at every ratio; adds `product` to the JSON",
+    )
+    parser.add_argument(
+        "--coverage", default="weak16", choices=("weak16", "layer1", "layer2", "layer2_2x2"),
+        help="the mixes' coverage term: weak16 (a random projection) or an earlier teacher stage "
+        "(benchmarks/stage_features.py); with a stage the results go under `coverage_<stage>` in the JSON",
     )
     parser.add_argument(
         "--learn_tie_break", type=float, default=None, metavar="EPS",
@@ -145,15 +150,22 @@ def main(argv=None):
     is_val[val_indices] = True
     train = stratified_subsample(np.flatnonzero(~is_val), labels, 4_000, rng)
     val = stratified_subsample(val_indices, labels, 2_000, rng)
-    features = {"default": inputs["features"], "weak16": coverage_features(inputs["features"], 16, seed=0)}
+    features = {"default": inputs["features"]}
+    if args.coverage == "weak16":
+        features["weak16"] = coverage_features(inputs["features"], 16, seed=0)
+    else:
+        stage = load_stages(inputs)[args.coverage]
+        features[args.coverage] = (stage - stage.mean(0)) / (stage.std(0) + 1e-6)
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
 
     path = kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json"
     if args.product is not None:
         return run_product(inputs, labels, u, val_indices, args.product, path)
+    saved = json.loads(path.read_text()) if path.exists() else {}
     if args.learn_tie_break is not None:
-        saved = json.loads(path.read_text())
         runs = saved.setdefault("tie_break_learned", {}).setdefault(f"{args.learn_tie_break:g}", {})
+        if args.coverage != "weak16":
+            runs = runs.setdefault(f"coverage_{args.coverage}", {})
     out = {"protocol": __doc__.split("\n\n")[1], "grid": GRID, "box": BOX, "ratios": {}}
     for ratio in RATIOS:
         t0 = time.perf_counter()
@@ -164,7 +176,7 @@ def main(argv=None):
         }
         objectives = dict(base)
         for lam in MIXES:
-            objectives[f"mix@{lam}"] = OuterObjective([(w, base[k]) for w, k in mix_weights(f"mix@{lam}")])
+            objectives[f"mix@{lam}"] = OuterObjective([(w, base[k]) for w, k in mix_weights(f"mix@{lam}", args.coverage)])
         if args.learn_tie_break is not None:
             for name in ("default", *(f"mix@{lam}" for lam in MIXES)):
                 parts = objectives[name].parts if name in objectives and name.startswith("mix") else [(1.0, base[name])]
@@ -183,7 +195,8 @@ def main(argv=None):
             if name in grids:
                 grid = grids[name]
             else:
-                grid = {ab: sum(w * grids[k][ab] / grids[k][(1.0, 1.0)] for w, k in mix_weights(name)) for ab in GRID2}
+                grid = {ab: sum(w * grids[k][ab] / grids[k][(1.0, 1.0)] for w, k in mix_weights(name, args.coverage))
+                        for ab in GRID2}  # fmt: skip
             best = min(grid, key=grid.get)
             learned = learn(obj)
             row[name] = {
@@ -198,6 +211,9 @@ def main(argv=None):
         out["ratios"][str(ratio)] = row
         print(f"ratio {ratio}: {time.perf_counter() - t0:.0f} s", flush=True)
     if args.learn_tie_break is None:
+        if args.coverage != "weak16":  # beside the committed weak16 landscape, not over it
+            saved[f"coverage_{args.coverage}"] = out
+            out = saved
         path.write_text(json.dumps(to_jsonable(out), indent=1) + "\n")
     print(f"wrote {path}")
 

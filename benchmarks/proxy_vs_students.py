@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import kd_sweep  # noqa: E402
 from proxy_calibration import _spearman, load_inputs  # noqa: E402
 
+from hf_ifbeta.files import atomic_write  # noqa: E402
 from hf_ifbeta.influence import influence_scores  # noqa: E402
 from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions  # noqa: E402
 from hf_ifbeta.selection import stratified_subsample  # noqa: E402
@@ -216,7 +217,7 @@ def main(argv=None):
     for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"])):
         t0 = time.perf_counter()
         try:
-            kept, _, _ = pruning.select(r["method"], r["ratio"], r["seed"])
+            kept = kept_rows(pruning, r)
         except TypeError as err:  # a setting since removed from PrunerConfig (see the sweep's queue comments)
             print(f"{kd_sweep.cell_key(r):45s} skipped: {err}", flush=True)
             continue
@@ -237,6 +238,29 @@ def main(argv=None):
         return write(saved["cells"], saved["selection_bias"], epochs, path)
     bias = selection_bias_check(inputs, epochs)
     write(cells, bias, epochs, path)
+
+
+KEPT = kd_sweep.CACHE / "kept_rows"
+
+
+def kept_rows(pruning, row: Dict) -> np.ndarray:
+    """The cell's kept rows as the sweep selected them, kept under `benchmarks/cache/kept_rows/` (outside git) by
+    cell and git tree of `hf_ifbeta/` (not cached while it has uncommitted changes), so that scoring another
+    variant does not learn every policy again."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "--", "hf_ifbeta"))
+    path = KEPT / f"{kd_sweep.cell_key(row).replace('|', '__')}.{git('rev-parse', '--short', 'HEAD:hf_ifbeta')}.npy"
+    if path.exists() and not dirty:
+        return np.load(path)
+    kept, _, _ = pruning.select(row["method"], row["ratio"], row["seed"])
+    if not dirty:
+        KEPT.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.save(f, np.asarray(kept, dtype=np.int64)))
+    return kept
 
 
 def load_stages(inputs) -> Dict[str, np.ndarray]:

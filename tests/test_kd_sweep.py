@@ -31,8 +31,10 @@ def test_default_queue_covers_every_setting_of_the_protocol():
     for c in cells:
         seeds.setdefault((c["setting"], c["method"], c["ratio"]), set()).add(c["seed"])
     for setting in ("cifar10-e5", "cifar10-noisy20", "cifar10-t20", "tiny-imagenet"):
+        # three seeds for random and IF-Beta where a cell takes under 10 minutes; Tiny-ImageNet's take longer
+        main_seeds = 2 if setting == "tiny-imagenet" else 3
         for ratio in (0.3, 0.5, 0.7):
-            assert len(seeds[(setting, "random", ratio)]) == len(seeds[(setting, "if-beta", ratio)]) == 3
+            assert len(seeds[(setting, "random", ratio)]) == len(seeds[(setting, "if-beta", ratio)]) == main_seeds
             assert len(seeds[(setting, "influence", ratio)]) == 2
         assert (setting, "full", 0.0) in seeds
     for ratio in (0.3, 0.7):

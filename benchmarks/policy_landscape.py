@@ -178,7 +178,9 @@ def main(argv=None):
         for lam in MIXES:
             objectives[f"mix@{lam}"] = OuterObjective([(w, base[k]) for w, k in mix_weights(f"mix@{lam}", args.coverage)])
         if args.learn_tie_break is not None:
-            for name in ("default", *(f"mix@{lam}" for lam in MIXES)):
+            for name in ("default" if args.coverage == "weak16" else None, *(f"mix@{lam}" for lam in MIXES)):
+                if name is None:  # the default objective has no coverage term: learned once, with weak16
+                    continue
                 parts = objectives[name].parts if name in objectives and name.startswith("mix") else [(1.0, base[name])]
                 learned = learn(OuterObjective([(w, obj) for w, obj, *_ in parts], args.learn_tie_break))
                 runs.setdefault(str(ratio), {})[name] = learned

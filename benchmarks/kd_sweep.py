@@ -243,16 +243,39 @@ class Pruning:
 
         if self.train is None:
             self.train = Context().data(self.setting)[0]
-        if method not in self.results:
-            name, overrides = parse_method(method)
+        name, overrides = parse_method(method)
+        key, learned_by = method, overrides.pop("policy_learned_by", None)
+        if learned_by is not None:  # the (a, b) another objective learned for this ratio and seed, fixed
+            a, b = learned_policy(learned_by, ratio, seed)
+            overrides.update(policy_a=a, policy_b=b)
+            key = (method, ratio, seed)
+        if key not in self.results:
             pruner = DatasetPruner(
                 self.teacher, image_column=self.setting.image_column, label_column=self.setting.label_column,
                 method=name, **{"teacher_precision": self.setting.teacher_precision, **overrides},
             )
-            self.results[method] = pruner.score(self.train)
-        result = self.results[method]
+            self.results[key] = pruner.score(self.train)
+        result = self.results[key]
         indices = result.select_indices(ratio, seed=seed)
-        return indices, result.policy, dict(result.timings)
+        policy = result.policy if learned_by is None else {**result.policy, "learned_by": LEARNED_POLICIES[learned_by]}
+        return indices, policy, dict(result.timings)
+
+
+# Policies learned outside the product, by `benchmarks/policy_landscape.py --product ... --seeds ...` runs (their key
+# in its JSON), applied as fixed policies by `if-beta@policy_learned_by="<name>"`, one (a, b) per ratio and seed.
+LEARNED_POLICIES = {
+    "stage2x2": 'policy_coverage_weight=0.5 policy_entropy_weight=0.0003 policy_max_ab=16 '
+    'policy_objective="kd+coverage" coverage=layer2_2x2',
+}
+
+
+def learned_policy(name: str, ratio: float, seed: int):
+    if name not in LEARNED_POLICIES:
+        raise ValueError(f"Unknown learned policy {name!r}; choose from {sorted(LEARNED_POLICIES)}.")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from policy_landscape import product_policy  # benchmarks/policy_landscape.py
+
+    return product_policy(LEARNED_POLICIES[name], ratio, seed, RESULTS / "policy_landscape_cpu.json")
 
 
 def code_version() -> str:

@@ -27,6 +27,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -101,22 +102,43 @@ def print_tie_breaks(path: Path) -> None:
             print(f"| {name} | {eps:g} | " + " | ".join(cells) + " |")
 
 
-def run_product(inputs, labels, u, val_indices, fields, path: Path) -> None:
-    """`learn_beta_policy` as the pruner calls it, with `PrunerConfig(**fields)`'s loss and policy arguments."""
+def run_product(inputs, labels, u, val_indices, fields, path: Path, coverage=None, seeds=(0,)) -> None:
+    """`learn_beta_policy` as the pruner calls it, with `PrunerConfig(**fields)`'s loss and policy arguments, at
+    every ratio and seed (the pruner learns with the selection's seed); `coverage` = (name, view) gives the
+    "kd+coverage" objective a fixed view. Seed 0 is stored under the ratio, every seed under `by_seed`."""
     config = PrunerConfig(**{k: json.loads(v) for k, v in (f.split("=", 1) for f in fields)})
     stages = config.stages()
     saved = json.loads(path.read_text())
-    runs = saved.setdefault("product", {}).setdefault(" ".join(sorted(fields)), {})
+    key = " ".join(sorted(fields)) + (f" coverage={coverage[0]}" if coverage else "")
+    runs = saved.setdefault("product", {}).setdefault(key, {})
     for ratio in RATIOS:
-        result = learn_beta_policy(inputs["features"], inputs["logits"], labels, u, ratio, val_indices,
-                                   loss=stages.loss, policy_args=stages.policy, seed=0)  # fmt: skip
-        a, b = result.info["learned_a"], result.info["learned_b"]
-        on_bound = bool(result.info["on_bound"])
-        runs[str(ratio)] = {"a": a, "b": b, "on_bound": on_bound, "fell_back_to_uniform": result.fell_back_to_uniform,
-                            "val_loss_learned": result.val_loss_learned, "val_loss_uniform": result.val_loss_uniform}  # fmt: skip
-        print(f"ratio {ratio} {' '.join(fields)}: learned Beta({a:.2f}, {b:.2f}){' (bound)' if on_bound else ''}"
-              f"{', fell back to uniform' if result.fell_back_to_uniform else ''}", flush=True)  # fmt: skip
-        path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
+        for seed in seeds:
+            result = learn_beta_policy(inputs["features"], inputs["logits"], labels, u, ratio, val_indices,
+                                       loss=stages.loss, policy_args=stages.policy, seed=seed,
+                                       coverage=coverage[1] if coverage else None)  # fmt: skip
+            a, b = result.info["learned_a"], result.info["learned_b"]
+            record = {"a": a, "b": b, "on_bound": bool(result.info["on_bound"]),
+                      "fell_back_to_uniform": result.fell_back_to_uniform, "val_loss_learned": result.val_loss_learned,
+                      "val_loss_uniform": result.val_loss_uniform}  # fmt: skip
+            if seed == 0:
+                runs[str(ratio)] = record
+            runs.setdefault("by_seed", {}).setdefault(str(ratio), {})[str(seed)] = record
+            print(f"ratio {ratio} seed {seed} {key}: learned Beta({a:.2f}, {b:.2f})"
+                  f"{' (bound)' if record['on_bound'] else ''}"
+                  f"{', fell back to uniform' if result.fell_back_to_uniform else ''}", flush=True)  # fmt: skip
+            path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
+
+
+def product_policy(key: str, ratio: float, seed: int, path: Path) -> Tuple[float, float]:
+    """The (a, b) a `--product` run learned at (ratio, seed), as the pruner would use it (uniform after a fallback)."""
+    saved = json.loads(path.read_text()).get("product", {})
+    if key not in saved:
+        raise KeyError(f"No --product run {key!r} in {path}; it has {sorted(saved)}.")
+    try:
+        record = saved[key]["by_seed"][str(float(ratio))][str(seed)]
+    except KeyError:
+        raise KeyError(f"The --product run {key!r} in {path} did not learn ratio {ratio}, seed {seed}.") from None
+    return (1.0, 1.0) if record["fell_back_to_uniform"] else (record["a"], record["b"])
 
 
 def main(argv=None):
@@ -133,6 +155,7 @@ def main(argv=None):
         help="the mixes' coverage term: weak16 (a random projection) or an earlier teacher stage "
         "(benchmarks/stage_features.py); with a stage the results go under `coverage_<stage>` in the JSON",
     )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the --product runs")
     parser.add_argument(
         "--learn_tie_break", type=float, default=None, metavar="EPS",
         help="run only the outer loop of the mixes with this entropy tie-break; adds `tie_break_learned` to the JSON",
@@ -160,7 +183,8 @@ def main(argv=None):
 
     path = kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json"
     if args.product is not None:
-        return run_product(inputs, labels, u, val_indices, args.product, path)
+        coverage = None if args.coverage == "weak16" else (args.coverage, features[args.coverage])
+        return run_product(inputs, labels, u, val_indices, args.product, path, coverage, args.seeds)
     saved = json.loads(path.read_text()) if path.exists() else {}
     if args.learn_tie_break is not None:
         runs = saved.setdefault("tie_break_learned", {}).setdefault(f"{args.learn_tie_break:g}", {})

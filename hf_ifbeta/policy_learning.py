@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ def learn_beta_policy(
     policy_args: PolicyArguments = PolicyArguments(),
     seed: int = 0,
     device=None,
+    coverage: Optional[np.ndarray] = None,
 ) -> PolicyLearningResult:
     """Learn the Beta policy's (a, b) by minimising the outer objective (bilevel, hypergradient): by default the
     proxy validation KD loss, else the `OuterObjective` of `policy_args.objective` and `policy_args.entropy_weight`.
@@ -98,6 +99,9 @@ def learn_beta_policy(
         seed (`int`): seed of the subsamples and of the discrete checks.
         device: torch device of the inner fits; default as `config.resolve_device`. Float32 products run in IEEE
             float32 whatever the TF32 setting (`hf_ifbeta.arrays.ieee_float32`).
+        coverage (`np.ndarray`, *optional*): (n, k) a fixed weak view of every row for the "kd+coverage" objective's
+            coverage term (e.g. pooled features of an earlier teacher stage), standardised over the subsampled
+            rows; None uses `coverage_views` random projections of `features`. Only the subsampled rows are read.
 
     Returns:
         `PolicyLearningResult`.
@@ -116,7 +120,8 @@ def learn_beta_policy(
     try:
         with ieee_float32():  # the float32 inner fits and tangents, whatever the TF32 setting
             return _learn_beta_policy(
-                features, logits, labels, u, ratio, val_indices, loss, policy_args, seed, resolve_device(device)
+                features, logits, labels, u, ratio, val_indices, loss, policy_args, seed, resolve_device(device),
+                coverage,
             )
     finally:
         torch.set_num_threads(previous_threads)
@@ -132,11 +137,15 @@ def bounds_reached(ab: Tuple[float, float], log_box: Tuple[float, float]) -> Dic
     return out
 
 
+def standardised(f: np.ndarray) -> np.ndarray:
+    """Each column at mean 0 and standard deviation 1 over the rows (constant columns stay 0)."""
+    return (f - f.mean(0)) / (f.std(0) + 1e-6)
+
+
 def coverage_features(features: np.ndarray, dim: int, seed: int, view: int = 0) -> np.ndarray:
     """Standardised `features` times a fixed Gaussian (d, dim) matrix, one per (seed, view): features from which
     a linear head can no longer reproduce the teacher, so that its fit depends on which rows it sees."""
-    f = np.asarray(features, dtype=np.float32)
-    f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    f = standardised(np.asarray(features, dtype=np.float32))
     rng = np.random.default_rng([seed, dim] if view == 0 else [seed, dim, view])
     gaussian = rng.standard_normal((f.shape[1], dim)) / math.sqrt(f.shape[1])
     return f @ gaussian.astype(np.float32)
@@ -175,7 +184,9 @@ class OuterObjective:
         return float(sum(w * obj.subset_loss(rows) / base for w, obj, base in self.parts))
 
 
-def _outer_objective(features, logits, labels, u, ratio, train, val, loss: ProxyLoss, args: PolicyArguments, seed, device):
+def _outer_objective(
+    features, logits, labels, u, ratio, train, val, loss: ProxyLoss, args: PolicyArguments, seed, device, coverage=None
+):
     """The proxy KD objective alone (the default), or the mixture `args.objective` / `args.entropy_weight` ask for."""
 
     def proxy(f):
@@ -189,7 +200,13 @@ def _outer_objective(features, logits, labels, u, ratio, train, val, loss: Proxy
     if args.objective == "kd" and not args.entropy_weight:
         return kd
     parts = [(1.0, kd)]
-    if args.objective == "kd+coverage" and args.coverage_weight > 0:
+    if args.objective == "kd+coverage" and args.coverage_weight > 0 and coverage is not None:
+        rows = np.union1d(train, val)
+        view = np.zeros((features.shape[0], coverage.shape[1]), dtype=np.float32)
+        view[rows] = standardised(np.asarray(coverage[rows], dtype=np.float32))
+        parts = [(1.0 - args.coverage_weight, kd), (args.coverage_weight, proxy(view))]
+        parts = parts[1:] if args.coverage_weight == 1 else parts
+    elif args.objective == "kd+coverage" and args.coverage_weight > 0:
         if args.coverage_dim >= features.shape[1]:
             raise ValueError(
                 f"coverage_dim={args.coverage_dim} must be below the teacher's {features.shape[1]} features: a proxy "
@@ -207,7 +224,8 @@ def _outer_objective(features, logits, labels, u, ratio, train, val, loss: Proxy
 
 
 def _learn_beta_policy(
-    features, logits, labels, u, ratio, val_indices, loss: ProxyLoss, args: PolicyArguments, seed: int, device
+    features, logits, labels, u, ratio, val_indices, loss: ProxyLoss, args: PolicyArguments, seed: int, device,
+    coverage=None,
 ) -> PolicyLearningResult:
     start = time.perf_counter()
     features, logits, labels = _check_arrays(features, logits, labels)
@@ -227,7 +245,11 @@ def _learn_beta_policy(
     is_val[val_indices] = True
     train = stratified_subsample(np.flatnonzero(~is_val), labels, args.subsample, rng)
     val = stratified_subsample(np.sort(val_indices), labels, args.val_subsample, rng)
-    objective = _outer_objective(features, logits, labels, u, ratio, train, val, loss, args, seed, device)
+    if coverage is not None and (coverage.ndim != 2 or coverage.shape[0] != n):
+        raise ValueError(f"coverage must be an (n, k) array with n = {n} rows, got shape {coverage.shape}.")
+    if coverage is not None and args.objective != "kd+coverage":
+        raise ValueError(f"coverage is the view of the 'kd+coverage' objective; policy_args.objective is {args.objective!r}.")
+    objective = _outer_objective(features, logits, labels, u, ratio, train, val, loss, args, seed, device, coverage)
 
     # Outer loop: Adam on (log a, log b), from the uniform policy.
     log_box = (max(math.log(MIN_AB), -math.log(args.max_ab)), math.log(args.max_ab))

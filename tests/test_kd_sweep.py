@@ -71,3 +71,36 @@ def test_tiny_imagenet_setting_matches_its_data():
         pytest.skip(f"{setting.train_file} not built (scripts/build_tiny_imagenet.py)")
     train, test, _ = kd_sweep.Context().data(setting)
     assert train.features["label"].num_classes == setting.num_classes == 202
+
+
+def test_a_learned_policy_label_fixes_the_policy_per_ratio_and_seed(monkeypatch):
+    """`if-beta@policy_learned_by="<name>"` scores with the (a, b) learned for the cell's ratio and seed, fixed."""
+    made = []
+
+    class FakePruner:
+        def __init__(self, teacher, **kwargs):
+            made.append(kwargs)
+            self.kwargs = kwargs
+
+        def score(self, train):
+            kwargs = self.kwargs
+            return type("Result", (), {
+                "select_indices": lambda self, ratio, seed: np.arange(3),
+                "policy": {"a": kwargs["policy_a"], "b": kwargs["policy_b"], "learned": False}, "timings": {},
+            })()  # fmt: skip
+
+    import hf_ifbeta
+
+    monkeypatch.setattr(hf_ifbeta, "DatasetPruner", FakePruner)
+    monkeypatch.setattr(kd_sweep, "learned_policy", lambda name, ratio, seed: (1.0 + ratio, 0.5 + seed))
+    pruning = kd_sweep.Pruning(teacher=None, train=[0, 1, 2])
+    _, policy, _ = pruning.select('if-beta@policy_learned_by="stage2x2"', 0.3, 1)
+    assert (made[-1]["method"], made[-1]["policy_a"], made[-1]["policy_b"]) == ("if-beta", 1.3, 1.5)
+    assert "policy_learned_by" not in made[-1] and policy["learned_by"] == kd_sweep.LEARNED_POLICIES["stage2x2"]
+    pruning.select('if-beta@policy_learned_by="stage2x2"', 0.7, 2)  # another ratio and seed: another policy
+    assert (made[-1]["policy_a"], made[-1]["policy_b"]) == (1.7, 2.5) and len(made) == 2
+
+
+def test_an_unknown_learned_policy_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"Unknown learned policy 'nope'; choose from \['stage2x2'\]"):
+        kd_sweep.learned_policy("nope", 0.3, 0)

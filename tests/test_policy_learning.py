@@ -1,5 +1,6 @@
 """Tests of `learn_beta_policy`: the learned (a, b) on synthetic teacher outputs, its box, fallback and inputs."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -236,3 +237,30 @@ def test_coverage_views_average_independent_projections():
     mix = _outer_objective(x, z, y, u, 0.5, np.arange(400), np.arange(400, 600), ProxyLoss(), args, 0, "cpu")
     assert [round(w, 12) for w, _, _ in mix.parts] == [0.4, 0.2, 0.2, 0.2]
     assert mix.loss(np.zeros(2)) == pytest.approx(1.0)
+
+
+def test_a_given_coverage_view_replaces_the_random_projections():
+    """The coverage term trains the proxy on the given view (standardised over the subsampled rows), one part of
+    weight `coverage_weight`, whatever `coverage_views` says; the view must have a row per row."""
+    from hf_ifbeta.policy_learning import _outer_objective
+
+    x, z, y, _ = blobs(n=600, num_classes=3, seed=2)
+    u = rank_positions(teacher_confidence(z, y), y)
+    view = 100.0 + 5.0 * x[:, :3]  # an offset, scaled 3-dim view
+    args = PolicyArguments(objective="kd+coverage", coverage_views=3, coverage_weight=0.6)
+    train, val = np.arange(400), np.arange(400, 600)
+    mix = _outer_objective(x, z, y, u, 0.5, train, val, ProxyLoss(), args, 0, "cpu", coverage=view)
+    assert [round(w, 12) for w, _, _ in mix.parts] == [0.4, 0.6]
+    seen = mix.parts[1][1].x[:, :-1].cpu().numpy()  # the coverage proxy's training rows, without the bias column
+    assert seen.shape == (400, 3) and abs(seen.mean()) < 0.1 and seen.std() == pytest.approx(1.0, abs=0.1)
+    alone = _outer_objective(x, z, y, u, 0.5, train, val, ProxyLoss(), dataclasses.replace(args, coverage_weight=1.0),
+                             0, "cpu", coverage=view)  # fmt: skip
+    assert len(alone.parts) == 1
+
+    learned = learn_beta_policy(x, z, y, u, 0.5, val, policy_args=dataclasses.replace(args, outer_steps=3,
+                                subsample=300), coverage=view)  # fmt: skip
+    assert np.isfinite(learned.val_loss_learned) and learned.history[0]["loss"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"coverage must be an \(n, k\) array with n = 600 rows"):
+        learn_beta_policy(x, z, y, u, 0.5, val, policy_args=args, coverage=view[:10])
+    with pytest.raises(ValueError, match="coverage is the view of the 'kd\\+coverage' objective"):
+        learn_beta_policy(x, z, y, u, 0.5, val, policy_args=PolicyArguments(), coverage=view)

@@ -182,6 +182,12 @@ def default_cells(settings=None) -> List[Dict]:
         return out
 
     cells += block("cifar10-e5")
+    # Students on the policies the stage-view objective learned (issue 12), before the other settings: whether it
+    # can replace today's default decides which IF-Beta those settings should run.
+    cells += [
+        dict(setting="cifar10", method='if-beta@policy_learned_by="stage2x2"', ratio=r, seed=s)
+        for s in (0, 1, 2) for r in (0.7, 0.5, 0.3)
+    ]  # fmt: skip
     cells += block("cifar10-noisy20")
     cells += block("cifar10-t20")
     cells += block("tiny-imagenet", seeds=(0, 1))  # its cells take over 10 minutes: two seeds, as the protocol allows

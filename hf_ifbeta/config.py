@@ -45,6 +45,8 @@ class TeacherPassArguments:
         cache_dir (`str`, *optional*): cache folder; None is `$HF_HOME/hf_ifbeta`.
         features_dtype (`str`): float32 or float16 storage of the features.
         precision (`str`): fp32, bf16 or auto.
+        coverage_stage (`bool`): also keep, per row, the teacher's middle feature stage average-pooled to 2 x 2
+            (`TeacherOutputs.coverage`), the "stage" view of the "kd+coverage" policy objective.
     """
 
     batch_size: int = 256
@@ -53,6 +55,7 @@ class TeacherPassArguments:
     cache_dir: Optional[str] = None
     features_dtype: str = "float32"
     precision: str = "auto"
+    coverage_stage: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class PolicyReduction:
 
 
 OUTER_OBJECTIVES = ("kd", "kd+coverage")
+# The weak view of the "kd+coverage" coverage term: random projections of the features, or the teacher's middle
+# feature stage pooled to 2 x 2 (computed by the teacher pass when asked).
+COVERAGE_VIEWS = ("projection", "stage")
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,9 @@ class PolicyArguments:
         coverage_dim (`int`): dimensions of the coverage proxy's projected features, fewer than the teacher's.
         coverage_views (`int`): independent random projections the coverage term averages over, so that the
             answer does not hang on one draw.
+        coverage_view (`str`): the coverage term's view: "projection" (the random projections above) or "stage"
+            (the teacher's middle feature stage average-pooled to 2 x 2, `TeacherOutputs.coverage`, a fixed view
+            nearer to what a student trained from pixels sees); `coverage_dim` and `coverage_views` then do not apply.
         entropy_weight (`float`): weight of `-H(Beta(a, b))` added to the (relative) outer loss: a maximum-entropy
             tie-break between policies the loss finds almost equally good, so that the answer is not wherever
             Adam drifts along a flat ridge.
@@ -135,11 +144,14 @@ class PolicyArguments:
     coverage_weight: float = 0.75
     coverage_dim: int = 16
     coverage_views: int = 1
+    coverage_view: str = "projection"
     entropy_weight: float = 0.0
 
     def __post_init__(self):
         if self.objective not in OUTER_OBJECTIVES:
             raise ValueError(f"Unknown policy objective {self.objective!r}. Choose between {list(OUTER_OBJECTIVES)}.")
+        if self.coverage_view not in COVERAGE_VIEWS:
+            raise ValueError(f"Unknown policy coverage view {self.coverage_view!r}. Choose between {list(COVERAGE_VIEWS)}.")
         if not 0.0 <= self.coverage_weight <= 1.0:
             raise ValueError(f"coverage_weight must be in [0, 1], got {self.coverage_weight}.")
         if not 0.0 <= self.entropy_weight < float("inf"):  # also rejects NaN
@@ -324,6 +336,15 @@ class PrunerConfig:
         default=PolicyArguments.coverage_views,
         metadata={"help": "Random projections the coverage term averages over."},
     )
+    policy_coverage_view: str = field(
+        default=PolicyArguments.coverage_view,
+        metadata={
+            "help": "View of the coverage term in 'kd+coverage': 'projection' (random projections of the features) or "
+            "'stage' (the teacher's middle feature stage pooled to 2 x 2, computed by the teacher pass; needs a "
+            "teacher with timm's `feature_info`).",
+            "choices": list(COVERAGE_VIEWS),
+        },
+    )
     policy_entropy_weight: float = field(
         default=PolicyArguments.entropy_weight,
         metadata={"help": "Weight of the maximum-entropy tie-break -H(Beta(a, b)) in the outer loss (0: none)."},
@@ -382,6 +403,7 @@ class PrunerConfig:
             teacher_pass=TeacherPassArguments(
                 batch_size=self.batch_size, num_workers=self.num_workers, chunk_size=self.chunk_size,
                 cache_dir=self.cache_dir, features_dtype=self.features_dtype, precision=self.teacher_precision,
+                coverage_stage=self.policy_objective == "kd+coverage" and self.policy_coverage_view == "stage",
             ),
             loss=ProxyLoss(alpha=self.alpha, temperature=self.temperature, l2=self.l2),
             influence=InfluenceArguments(
@@ -395,7 +417,7 @@ class PrunerConfig:
                 max_ab=self.policy_max_ab, stratify=self.stratify, chunk_size=self.stream_chunk_size,
                 objective=self.policy_objective, coverage_weight=self.policy_coverage_weight,
                 coverage_dim=self.policy_coverage_dim, coverage_views=self.policy_coverage_views,
-                entropy_weight=self.policy_entropy_weight,
+                coverage_view=self.policy_coverage_view, entropy_weight=self.policy_entropy_weight,
             ),
         )  # fmt: skip
 

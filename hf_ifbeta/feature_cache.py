@@ -8,7 +8,9 @@ different arguments lands in another folder and never mixes):
   finishes and removed once assembled;
 - `features.npy` (n, d), `logits.npy` (n, C) float32, `labels.npy` (n,) int64, `head.npz`: the assembled
   arrays, the same layout as `TeacherOutputs.save`; `meta.json` records the size, sha256 and
-  modification time of each (`"files"`).
+  modification time of each (`"files"`);
+- `coverage.npy` (n, k), in the features' dtype, only in an entry whose identity asks for a coverage view
+  (`"coverage"`): the teacher's middle feature stage pooled per row. Such an entry without it is damaged.
 
 Beside the folder, `cache_dir/<key>.lock` is held while an entry is filled or repaired, so jobs that share
 a cache take turns and a waiting job reuses what the other computed (see "Failure modes" in
@@ -40,6 +42,7 @@ CACHE_VERSION = 1
 META_FILE = "meta.json"
 HEAD_FILE = "head.npz"
 ARRAYS = ("features", "logits", "labels")  # each saved as <name>.npy
+COVERAGE = "coverage"  # the optional (n, k) array, saved as coverage.npy
 # A job waiting for another one's lock tries again this often; its ranks meet at every try.
 LOCK_POLL_S = 5.0
 
@@ -63,6 +66,9 @@ class TeacherOutputs:
             features dtype and source (`"pre_logits"`, or `"logits"` for a teacher without
             `forward_features` / `forward_head`); after `load`, also `cache_path`, the folder the
             arrays are mapped from (`TeacherOutputs.load(meta["cache_path"])` gets them back).
+        coverage (`np.ndarray`, *optional*): (n, k) a weak view of every row for the policy's coverage term: the
+            teacher's middle feature stage average-pooled to 2 x 2 (`compute_teacher_outputs(coverage_stage=True)`),
+            in the features' dtype; None when not computed.
     """
 
     features: np.ndarray
@@ -70,11 +76,14 @@ class TeacherOutputs:
     labels: np.ndarray
     head: Optional[Tuple[np.ndarray, np.ndarray]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    coverage: Optional[np.ndarray] = None
 
     def __post_init__(self):
         lengths = {"features": len(self.features), "logits": len(self.logits), "labels": len(self.labels)}
+        if self.coverage is not None:
+            lengths[COVERAGE] = len(self.coverage)
         if len(set(lengths.values())) != 1:
-            raise ValueError(f"features, logits and labels must have one row per example, got lengths {lengths}.")
+            raise ValueError(f"{', '.join(lengths)} must have one row per example, got lengths {lengths}.")
 
     @property
     def n(self) -> int:
@@ -89,17 +98,17 @@ class TeacherOutputs:
         return self.logits.shape[1]
 
     def save(self, save_directory: Union[str, os.PathLike]) -> None:
-        """Write `features.npy`, `logits.npy`, `labels.npy`, `head.npz` (if any) and `meta.json`."""
+        """Write `features.npy`, `logits.npy`, `labels.npy`, `head.npz` and `coverage.npy` (if any) and `meta.json`."""
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
-        for name in ARRAYS:
+        for name in ARRAYS + ((COVERAGE,) if self.coverage is not None else ()):
             atomic_write(save_directory / f"{name}.npy", lambda f, a=getattr(self, name): np.save(f, a))
         if self.head is not None:
             weight, bias = self.head
             atomic_write(save_directory / HEAD_FILE, lambda f: np.savez(f, weight=weight, bias=bias))
         meta = {k: v for k, v in self.meta.items() if k != "cache_path"}  # set again by `load`
         meta["complete"] = True
-        meta["files"] = _file_records(save_directory, _array_files(save_directory))
+        meta["files"] = _file_records(save_directory, _array_files(save_directory, meta))
         write_meta(save_directory, meta)
 
     @classmethod
@@ -117,7 +126,8 @@ class TeacherOutputs:
         meta["cache_path"] = str(save_directory.resolve())
         try:
             _check_files(save_directory, meta)
-            arrays = {name: _load_array(save_directory / f"{name}.npy", mmap_mode) for name in ARRAYS}
+            names = _arrays(save_directory, meta)
+            arrays = {name: _load_array(save_directory / f"{name}.npy", mmap_mode) for name in names}
             head = None
             if (save_directory / HEAD_FILE).exists():
                 with np.load(save_directory / HEAD_FILE) as npz:
@@ -176,20 +186,25 @@ def assemble(
     features_dtype: str,
     linear_head: Callable[[int], Optional[Tuple[np.ndarray, np.ndarray]]],
 ) -> None:
-    """Stream the chunks into `features.npy`, `logits.npy`, `labels.npy`, then mark the cache complete.
+    """Stream the chunks into `features.npy`, `logits.npy`, `labels.npy` (and `coverage.npy` when the entry's
+    identity asks for it), then mark the cache complete.
 
     `linear_head(d)` gives the teacher's classifier on the d features, saved as `head.npz`, or None.
     """
     missing = [k for k in range(num_chunks) if not (cache / chunk_name(k)).exists()]
     if missing:
         raise RuntimeError(f"Chunks {missing} of the teacher pass are missing from {cache}; did a process fail?")
+    names = chunk_arrays(meta)
     with np.load(cache / chunk_name(0)) as first:
-        d, c = first["features"].shape[1], first["logits"].shape[1]
+        widths = {name: first[name].shape[1] for name in names if name != "labels"}
+    d, c = widths["features"], widths["logits"]
     targets = {
         "features": ((n, d), np.dtype(features_dtype)),
         "logits": ((n, c), np.dtype(np.float32)),
         "labels": ((n,), np.dtype(np.int64)),
     }
+    if COVERAGE in names:
+        targets[COVERAGE] = ((n, widths[COVERAGE]), np.dtype(features_dtype))
     chunk_size = meta["chunk_size"]
     # All three arrays are renamed into place only once every chunk has been read into them.
     with contextlib.ExitStack() as stack:
@@ -213,7 +228,7 @@ def assemble(
     if head is not None:
         atomic_write(cache / HEAD_FILE, lambda f: np.savez(f, weight=head[0], bias=head[1]))
     meta = {**meta, "complete": True, "num_features": d, "num_classes": c, "has_head": head is not None}
-    meta["files"] = _file_records(cache, _array_files(cache))
+    meta["files"] = _file_records(cache, _array_files(cache, meta))
     write_meta(cache, meta)
     for k in range(num_chunks):  # the assembled arrays replace the chunks (no double disk use)
         (cache / chunk_name(k)).unlink()
@@ -240,12 +255,24 @@ def chunk_name(k: int) -> str:
 
 
 def write_chunk(
-    cache: Path, k: int, features: np.ndarray, logits: np.ndarray, labels: np.ndarray, rows: np.ndarray
+    cache: Path,
+    k: int,
+    features: np.ndarray,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    coverage: Optional[np.ndarray] = None,
 ) -> None:
-    """Write chunk `k` atomically: its arrays and `rows`, its [start, stop)."""
+    """Write chunk `k` atomically: its arrays (`coverage` when given) and `rows`, its [start, stop)."""
+    extra = {COVERAGE: coverage} if coverage is not None else {}
     atomic_write(
-        cache / chunk_name(k), lambda f: np.savez(f, features=features, logits=logits, labels=labels, rows=rows)
+        cache / chunk_name(k), lambda f: np.savez(f, features=features, logits=logits, labels=labels, rows=rows, **extra)
     )
+
+
+def chunk_arrays(meta: Dict[str, Any]) -> Tuple[str, ...]:
+    """The arrays each chunk of an entry holds: `ARRAYS`, and `coverage` when its identity asks for a view."""
+    return ARRAYS + ((COVERAGE,) if _wants_coverage(meta) else ())
 
 
 def read_chunk(path: Path, names) -> Dict[str, np.ndarray]:
@@ -270,12 +297,13 @@ def drop_unusable_files(cache: Path, n: int) -> None:
     """
     for path in cache.glob(".*.tmp"):
         path.unlink(missing_ok=True)
-    chunk_size = read_meta(cache)["chunk_size"]
+    meta = read_meta(cache)
+    chunk_size, names = meta["chunk_size"], chunk_arrays(meta)
     for path in sorted(cache.glob("chunk_*.npz")):
         expected = list(chunk_rows(int(path.stem.split("_")[1]), chunk_size, n))
         try:
             with np.load(path) as chunk:
-                if not {*ARRAYS, "rows"} <= set(chunk.files):
+                if not {*names, "rows"} <= set(chunk.files):
                     problem = f"it holds only {sorted(chunk.files)}"
                 elif chunk["rows"].tolist() != expected:
                     problem = f"it holds rows {chunk['rows'].tolist()}, expected {expected}"
@@ -374,7 +402,7 @@ def reuse_or_reset(cache: Path) -> bool:
     meta = read_meta(cache)
     try:
         refreshed = _check_files(cache, meta)
-        for name in ARRAYS:  # files without a record (older caches): at least their header and length
+        for name in _arrays(cache, meta):  # files without a record (older caches): at least their header and length
             _load_array(cache / f"{name}.npy", "r")
     except CorruptCacheError as err:
         logger.warning("%s The teacher outputs in %s are computed again.", err, cache)
@@ -392,8 +420,21 @@ def reuse_or_reset(cache: Path) -> bool:
 # File records: size, modification time, sha256
 
 
-def _array_files(directory: Path) -> List[str]:
-    return [f"{name}.npy" for name in ARRAYS] + ([HEAD_FILE] if (directory / HEAD_FILE).exists() else [])
+def _wants_coverage(meta: Dict[str, Any]) -> bool:
+    return (meta.get("identity") or {}).get(COVERAGE) is not None
+
+
+def _arrays(directory: Path, meta: Dict[str, Any]) -> Tuple[str, ...]:
+    """The .npy arrays of a saved entry: `ARRAYS`, and `coverage` when its identity asks for it, its files record
+    it or it is there (so that a missing one is named, never skipped)."""
+    coverage = f"{COVERAGE}.npy"
+    wanted = _wants_coverage(meta) or coverage in (meta.get("files") or {}) or (directory / coverage).exists()
+    return ARRAYS + ((COVERAGE,) if wanted else ())
+
+
+def _array_files(directory: Path, meta: Dict[str, Any]) -> List[str]:
+    arrays = [f"{name}.npy" for name in _arrays(directory, meta)]
+    return arrays + ([HEAD_FILE] if (directory / HEAD_FILE).exists() else [])
 
 
 def _file_records(directory: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -424,7 +465,7 @@ def _check_files(directory: Path, meta: Dict[str, Any], hash_changed: bool = Tru
     """
     records = meta.get("files") or {}
     stale = {}
-    for name in sorted(set(records) | set(_array_files(directory))):
+    for name in sorted(set(records) | set(_array_files(directory, meta))):
         path = directory / name
         record = records.get(name)
         try:

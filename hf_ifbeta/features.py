@@ -1,6 +1,7 @@
 """The teacher pass: one forward of the teacher over a dataset, cached on disk.
 
-For every row we keep the teacher's pre-logit features `h` (d), its logits `z` (C) and the label `y`;
+For every row we keep the teacher's pre-logit features `h` (d), its logits `z` (C) and the label `y`
+(and, when asked, its middle feature stage pooled to 2 x 2: the "stage" view of the policy's coverage term);
 everything downstream (influence, policy, baselines) works on these arrays and never runs the teacher
 again. The pass uses the teacher's own evaluation transform, runs under `torch.inference_mode()`, and
 is written to disk chunk by chunk as it goes, so an interrupted pass resumes where it stopped and a
@@ -27,11 +28,13 @@ import datasets
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .data import check_columns, check_dataset, column_values
 from .feature_cache import (
     ARRAYS,
     CACHE_VERSION,
+    COVERAGE,
     HEAD_FILE,
     META_FILE,
     CorruptCacheError,
@@ -70,7 +73,9 @@ logger = logging.getLogger(__name__)
 
 FEATURES_DTYPES = ("float32", "float16")
 PRECISIONS = ("auto", "bf16", "fp32")
-
+# The middle stage is average-pooled to STAGE_POOL x STAGE_POOL: a little of where in the image each channel
+# fires, which a global pool would drop, at 4 x channels dimensions.
+STAGE_POOL = 2
 
 
 def compute_teacher_outputs(
@@ -88,6 +93,7 @@ def compute_teacher_outputs(
     accelerator: Optional[Any] = None,
     progress: bool = True,
     device: Optional[Union[str, torch.device]] = None,
+    coverage_stage: bool = False,
 ) -> TeacherOutputs:
     """Run the teacher once over `dataset` and return its features, logits and the labels.
 
@@ -124,13 +130,19 @@ def compute_teacher_outputs(
         progress (`bool`): show a progress bar (main process only).
         device (`str` or `torch.device`, *optional*): where the teacher runs (it is moved there); default
             `accelerator.device`, else where its parameters are.
+        coverage_stage (`bool`): also keep `TeacherOutputs.coverage`, (n, 4 x channels): the output of the
+            teacher's middle feature stage (the module `feature_info[len(feature_info) // 2]["module"]`, as timm
+            lists a model's stages) average-pooled to 2 x 2, flattened channel by channel and stored in
+            `features_dtype`. It is captured by a forward hook during the same forward. Such a cache has its own
+            key; without it the key is the one it always was.
 
     Returns:
         `TeacherOutputs` with memory-mapped arrays.
 
     Raises:
-        ValueError: bad arguments, missing columns, a label outside the teacher's classes, or a non-finite
-            feature or logit (naming the first bad row).
+        ValueError: bad arguments, missing columns, a label outside the teacher's classes, a non-finite
+            feature, logit or middle-stage value (naming the first bad row), or, with `coverage_stage`, a teacher
+            without `feature_info` or whose middle stage does not give (B, C, H, W) maps (transformer tokens).
         hf_ifbeta.data.CorruptImageError: an image that cannot be decoded (naming its row).
         CorruptCacheError: a chunk of this pass was damaged on disk before it was assembled (named and
             removed: running again computes it).
@@ -160,6 +172,9 @@ def compute_teacher_outputs(
     identity = _identity(teacher, dataset, transform, image_column, label_column, features_dtype)
     if precision != "fp32":  # fp32 caches keep the key they had before the option existed
         identity["precision"] = precision
+    stage = _middle_stage(teacher) if coverage_stage else None
+    if stage is not None:  # likewise: only a cache with the view has it in its key
+        identity[COVERAGE] = {"view": "stage", "module": stage.name, "pool": STAGE_POOL}
     # Every process must write to and read from the same folder, even if, say, a transform repr with a
     # memory address made the keys differ between processes.
     key = from_main(cache_key(identity), accelerator)
@@ -198,7 +213,7 @@ def compute_teacher_outputs(
             _run_chunks(
                 teacher, dataset, image_column, label_column, transform, todo, chunk_size, cache,
                 batch_size=batch_size, num_workers=num_workers, features_dtype=features_dtype, device=device,
-                bf16=precision == "bf16", progress=progress and is_main,
+                bf16=precision == "bf16", progress=progress and is_main, stage=stage,
             )
         _wait(accelerator)
         if is_main:
@@ -227,8 +242,10 @@ def _run_chunks(
     device: torch.device,
     bf16: bool,
     progress: bool,
+    stage: Optional["_MiddleStage"] = None,
 ) -> None:
-    """Compute the chunks `todo` and write each one to `cache` as soon as its last batch is done."""
+    """Compute the chunks `todo` and write each one to `cache` as soon as its last batch is done; with `stage`,
+    also its pooled output of each forward."""
     from tqdm.auto import tqdm
 
     n = len(dataset)
@@ -258,21 +275,26 @@ def _run_chunks(
     total = sum(stop - start for _, start, stop in spans)
     bar = tqdm(total=total, desc="Teacher pass", unit="img", disable=not progress)
     chunk: Optional[_Chunk] = None
+    hook = stage.module.register_forward_hook(stage.capture) if stage is not None else None
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for (k, start, stop), (start_, pixels) in zip(spans, loader):
                 assert start_ == start, "the loader must keep the order of its sampler"
                 pixels = pixels.to(device, dtype=dtype, non_blocking=True).contiguous(memory_format=memory_format)
                 features, logits = _forward(teacher, pixels)
+                coverage = stage.take() if stage is not None else None
                 if chunk is None:
-                    chunk = _Chunk(k, *chunk_rows(k, chunk_size, n), features.shape[1], logits.shape[1])
-                chunk.put(start, features, logits)
+                    widths = (features.shape[1], logits.shape[1], coverage.shape[1] if coverage is not None else None)
+                    chunk = _Chunk(k, *chunk_rows(k, chunk_size, n), *widths)
+                chunk.put(start, features, logits, coverage)
                 if stop == chunk.stop:
                     chunk.write(cache, labels[chunk.start : chunk.stop], features_dtype)
                     chunk = None
                 bar.update(stop - start)
     finally:
         bar.close()
+        if hook is not None:
+            hook.remove()
         teacher.train(was_training)
         if bf16:
             teacher.to(memory_format=torch.contiguous_format)
@@ -302,35 +324,45 @@ def _logits_of(output: Any) -> torch.Tensor:
 
 
 class _Chunk:
-    """The rows [start, stop) of chunk `index`, filled batch by batch."""
+    """The rows [start, stop) of chunk `index`, filled batch by batch (the middle-stage view when it has a width)."""
 
-    def __init__(self, index: int, start: int, stop: int, num_features: int, num_classes: int):
+    def __init__(
+        self, index: int, start: int, stop: int, num_features: int, num_classes: int, num_coverage: Optional[int]
+    ):
         self.index, self.start, self.stop = index, start, stop
         self.features = np.empty((stop - start, num_features), dtype=np.float32)
         self.logits = np.empty((stop - start, num_classes), dtype=np.float32)
+        self.coverage = np.empty((stop - start, num_coverage), dtype=np.float32) if num_coverage is not None else None
 
-    def put(self, start: int, features: np.ndarray, logits: np.ndarray) -> None:
+    def put(self, start: int, features: np.ndarray, logits: np.ndarray, coverage: Optional[np.ndarray]) -> None:
         rows = slice(start - self.start, start - self.start + len(features))
         self.features[rows] = features
         self.logits[rows] = logits
+        if self.coverage is not None:
+            self.coverage[rows] = coverage
 
     def write(self, cache: Path, labels: np.ndarray, features_dtype: str) -> None:
         """Check that every value is finite, then write the chunk atomically."""
         features = self.features.astype(features_dtype, copy=False)
-        finite_features = np.isfinite(features).all(axis=1)
-        finite_logits = np.isfinite(self.logits).all(axis=1)
-        bad = ~(finite_features & finite_logits)
+        coverage = self.coverage.astype(features_dtype, copy=False) if self.coverage is not None else None
+        # (name, as stored, as computed in float32): stored in features_dtype, the features and the view may overflow.
+        arrays = [("features", features, self.features), ("logits", self.logits, self.logits)]
+        if coverage is not None:
+            arrays.append(("middle-stage view", coverage, self.coverage))
+        finite = [np.isfinite(stored).all(axis=1) for _, stored, _ in arrays]
+        bad = ~np.logical_and.reduce(finite)
         if bad.any():
             row = int(np.argmax(bad))
-            if not finite_features[row] and np.isfinite(self.features[row]).all():
-                what = f"features overflow {features_dtype} (pass features_dtype='float32')"
+            name, _, computed = next(array for array, ok in zip(arrays, finite) if not ok[row])
+            if np.isfinite(computed[row]).all():
+                what = f"{name} overflow {features_dtype} (pass features_dtype='float32')"
             else:
-                what = f"{'features' if not finite_features[row] else 'logits'} are NaN or infinite"
+                what = f"{name} are NaN or infinite"
             raise ValueError(
                 f"The teacher's {what} for row {self.start + row} ({int(bad.sum())} such rows among rows "
                 f"{self.start}-{self.stop - 1}). Check that row's image and the teacher's weights."
             )
-        write_chunk(cache, self.index, features, self.logits, labels, np.array([self.start, self.stop]))
+        write_chunk(cache, self.index, features, self.logits, labels, np.array([self.start, self.stop]), coverage)
 
 
 class _ImageBatches(torch.utils.data.Dataset):
@@ -438,6 +470,54 @@ def _start_cache(
 
 # ----------------------------------------------------------------------------------------------------
 # The teacher
+
+
+class _MiddleStage:
+    """The teacher's middle feature stage and a forward hook that keeps its pooled output of the last forward."""
+
+    def __init__(self, teacher: nn.Module, name: str, module: nn.Module, num_chs: Optional[int]):
+        self.teacher, self.name, self.module, self.num_chs = type(teacher).__name__, name, module, num_chs
+        self.pooled: Optional[torch.Tensor] = None
+
+    def capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        """Forward hook: (B, C, H, W) -> (B, C * STAGE_POOL ** 2), pooled while the batch is on the device."""
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        if not isinstance(output, torch.Tensor) or output.ndim != 4 or self.num_chs not in (None, output.shape[1]):
+            raise ValueError(
+                f"The 'stage' coverage view (policy_coverage_view='stage') pools (B, C, H, W) maps, but the middle "
+                f"feature stage {self.name!r} of {self.teacher} gives {shape} (channels per feature_info: "
+                f"{self.num_chs}); channels-last maps and transformer tokens (B, N, C) are not supported: use "
+                "policy_coverage_view='projection'."
+            )
+        self.pooled = F.adaptive_avg_pool2d(output, STAGE_POOL).flatten(1)
+
+    def take(self) -> np.ndarray:
+        """The pooled output of the forward just run, float32 NumPy."""
+        if self.pooled is None:
+            raise RuntimeError(f"The teacher's forward did not run its middle feature stage {self.name!r}.")
+        pooled, self.pooled = self.pooled, None
+        return pooled.float().cpu().numpy()
+
+
+def _middle_stage(teacher: nn.Module) -> _MiddleStage:
+    """The module named by `feature_info[len(feature_info) // 2]["module"]` (timm's list of a model's stages)."""
+    info = getattr(teacher, "feature_info", None)
+    info = getattr(info, "info", info)  # a `timm.models.FeatureInfo` keeps its list of dicts in `.info`
+    if not info:
+        raise ValueError(
+            f"{type(teacher).__name__} has no `feature_info` listing its feature stages, so the 'stage' coverage view "
+            "(policy_coverage_view='stage', compute_teacher_outputs(coverage_stage=True)) cannot find its middle "
+            "stage: use a timm model, or policy_coverage_view='projection'."
+        )
+    entry = list(info)[len(info) // 2]
+    try:
+        module = teacher.get_submodule(entry["module"])
+    except (AttributeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"The middle entry of {type(teacher).__name__}.feature_info, {entry}, names no module of the model "
+            f"({err}): the 'stage' coverage view (policy_coverage_view='stage') needs it."
+        ) from err
+    return _MiddleStage(teacher, entry["module"], module, entry.get("num_chs"))
 
 
 def _has_timm_head(teacher: nn.Module) -> bool:

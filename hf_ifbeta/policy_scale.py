@@ -21,6 +21,9 @@ bilevel problem on a reduced copy, and hands the learned (a, b) back for the ful
    1 / sqrt(k). Off by default because, when the class signal is a small part of the feature norm, that error
    swamps it and the projected problem ranks policies unlike the full one.
 
+A fixed coverage view (`coverage`, the "stage" view of the "kd+coverage" objective) is read for the same rows and
+left as it is (`learn_beta_policy` standardises it over them).
+
 Everything else is `learn_beta_policy` unchanged: the same KD-aligned inner objective, inner budget rule, outer
 loss, hypergradient, discrete check against uniform and fallback. Below the threshold (a CIFAR-10 head) the call
 is passed straight to `learn_beta_policy`. Both paths run on the device of `config.resolve_device`.
@@ -30,7 +33,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -57,6 +60,7 @@ def learn_beta_policy_at_scale(
     policy_args: PolicyArguments = PolicyArguments(),
     seed: int = 0,
     device=None,
+    coverage: Optional[np.ndarray] = None,
 ) -> PolicyLearningResult:
     """`learn_beta_policy`, on a reduced copy of the problem when the head has more than `max_head_params`.
 
@@ -76,6 +80,9 @@ def learn_beta_policy_at_scale(
             `inner_lr` is mapped to the projection like `l2`.
         seed (`int`): seed of the class subset, the subsamples, the projection and the discrete checks.
         device: torch device of the inner fits; default as `config.resolve_device`.
+        coverage (`np.ndarray`, *optional*): (n, k) the fixed weak view of the "kd+coverage" objective's coverage
+            term (`TeacherOutputs.coverage`), passed to `learn_beta_policy`; may be a `np.memmap`. Required when
+            `policy_args.coverage_view` is "stage" with that objective.
 
     Returns:
         `PolicyLearningResult`; on the reduced path `info["reduced"]` records the classes, rows, projection and
@@ -88,21 +95,27 @@ def learn_beta_policy_at_scale(
     >>> kept = result.policy.select(u, 0.3, labels, seed=0)
     ```
     """
+    if policy_args.objective == "kd+coverage" and policy_args.coverage_view == "stage" and coverage is None:
+        raise ValueError(
+            "coverage_view='stage' (policy_coverage_view) needs the teacher's middle-stage view of every row as "
+            "`coverage`: `TeacherOutputs.coverage`, computed by `compute_teacher_outputs(coverage_stage=True)` (the "
+            "pruner asks for it with policy_objective='kd+coverage', policy_coverage_view='stage'); got None."
+        )
     device = resolve_device(device)
     d = features.shape[1]
     C = logits.shape[1]
     if C * (d + 1) <= policy_args.reduction.max_head_params:
         return learn_beta_policy(
             features, logits, labels, u, ratio, val_indices, loss=loss, policy_args=policy_args, seed=seed,
-            device=device,
+            device=device, coverage=coverage,
         )  # fmt: skip
     start = time.perf_counter()
-    problem = reduce_policy_problem(features, logits, labels, u, val_indices, loss, policy_args, seed)
+    problem = reduce_policy_problem(features, logits, labels, u, val_indices, loss, policy_args, seed, coverage)
     result = learn_beta_policy(
         problem.features, problem.logits, problem.labels, problem.u, ratio, problem.val_indices,
         loss=dataclasses.replace(loss, l2=problem.l2),
         policy_args=dataclasses.replace(policy_args, inner_lr=problem.inner_lr, subsample=None, val_subsample=None),
-        seed=seed, device=device,
+        seed=seed, device=device, coverage=problem.coverage,
     )  # fmt: skip
     result.info["reduced"] = {**problem.info, "total_seconds": time.perf_counter() - start}
     logger.info(
@@ -126,6 +139,8 @@ class ReducedPolicyProblem:
         classes (`np.ndarray`): (C',) the kept class ids.
         inner_lr (`float`), l2 (`float`): the inner learning rate and L2 mapped to the projection.
         info (`Dict`): sizes and mapped settings, JSON-friendly.
+        coverage (`np.ndarray`, *optional*): (N, k) float32 the coverage view of these rows, as given (not
+            standardised or projected); None without one.
     """
 
     features: np.ndarray
@@ -138,6 +153,7 @@ class ReducedPolicyProblem:
     inner_lr: float
     l2: float
     info: Dict[str, Any]
+    coverage: Optional[np.ndarray] = None
 
 
 def reduce_policy_problem(
@@ -149,8 +165,10 @@ def reduce_policy_problem(
     loss: ProxyLoss = ProxyLoss(),
     policy_args: PolicyArguments = PolicyArguments(),
     seed: int = 0,
+    coverage: Optional[np.ndarray] = None,
 ) -> ReducedPolicyProblem:
-    """Steps 1-3 of the module docstring: class subset, stratified rows read in chunks, standardised features.
+    """Steps 1-3 of the module docstring: class subset, stratified rows read in chunks, standardised features,
+    and the same rows of `coverage` when given.
 
     Arguments as in `learn_beta_policy_at_scale`; `policy_args.reduction.projection_dim` None or >= d keeps the
     standardised features as they are (then the learning rate and L2 are unchanged), `max_classes >= C` keeps
@@ -166,6 +184,8 @@ def reduce_policy_problem(
     val_indices = np.asarray(val_indices, dtype=np.int64)
     if labels.shape != (n,) or u.shape != (n,):
         raise ValueError(f"labels {labels.shape} and u {u.shape} must have one entry per row ({n}).")
+    if coverage is not None and (coverage.ndim != 2 or coverage.shape[0] != n):
+        raise ValueError(f"coverage must be an (n, k) array with n = {n} rows, got shape {coverage.shape}.")
     rng = np.random.default_rng([seed, 31])
 
     # 1. Classes: at most max_classes of those present, sorted.
@@ -187,10 +207,13 @@ def reduce_policy_problem(
     order = np.argsort(rows, kind="stable")
     h = np.empty((len(rows), d), dtype=np.float32)
     z = np.empty((len(rows), len(classes)), dtype=np.float32)
+    view = np.empty((len(rows), coverage.shape[1]), dtype=np.float32) if coverage is not None else None
     for s in range(0, len(rows), chunk_size):
         block = order[s : s + chunk_size]  # read in increasing row order: sequential on a memmap
         h[block] = _read(features, rows[block])
         z[block] = _read(logits, rows[block])[:, classes]
+        if view is not None:
+            view[block] = _read(coverage, rows[block])
 
     # 3. Features: standardise with the training rows' statistics, project to k dims when asked.
     k = d if projection_dim is None else min(projection_dim, d)
@@ -216,7 +239,7 @@ def reduce_policy_problem(
     return ReducedPolicyProblem(
         features=x, logits=z, labels=np.searchsorted(classes, labels[rows]), u=u[rows],
         val_indices=np.arange(len(train), len(rows)), rows=rows, classes=classes, inner_lr=info["inner_lr"],
-        l2=info["l2"], info=info,
+        l2=info["l2"], info=info, coverage=view,
     )  # fmt: skip
 
 

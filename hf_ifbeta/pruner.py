@@ -102,6 +102,7 @@ class DatasetPruner:
             num_workers=args.num_workers if args.num_workers is not None else self._num_workers(len(dataset)),
             chunk_size=args.chunk_size, cache_dir=args.cache_dir, features_dtype=args.features_dtype,
             precision=args.precision, accelerator=self.accelerator, device=self.device,
+            coverage_stage=args.coverage_stage,
         )  # fmt: skip
 
     def _num_workers(self, num_rows: int) -> int:

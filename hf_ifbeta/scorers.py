@@ -557,9 +557,12 @@ class IFBeta(PruningMethod):
                 on_bound=False, info={},
             )
         else:
+            # The teacher pass keeps the middle-stage view only when this view of "kd+coverage" asks for it.
+            stage_view = policy_args.objective == "kd+coverage" and policy_args.coverage_view == "stage"
             result = learn_beta_policy_at_scale(
                 outputs.features, outputs.logits, outputs.labels, u, ratio, context.val_indices,
                 loss=context.stages.loss, policy_args=policy_args, seed=seed, device=context.device,
+                coverage=outputs.coverage if stage_view else None,
             )  # fmt: skip
             policy = result.policy
             record = dict(

@@ -36,10 +36,10 @@ def test_every_field_reaches_its_stage():
         cg_tol=1e-3, fit_max_iter=8, fit_subsample=100, stream_chunk_size=333, stratify=False, policy_max_ab=3.0,
         outer_steps=4, outer_lr=0.3, inner_epochs=2.0, inner_batch_size=16, inner_lr=0.05, policy_subsample=50,
         policy_objective="kd+coverage", policy_coverage_weight=0.5, policy_coverage_dim=4, policy_coverage_views=2,
-        policy_entropy_weight=0.01,
+        policy_coverage_view="stage", policy_entropy_weight=0.01,
     )  # fmt: skip
     stages = PrunerConfig(**changed).stages()
-    assert stages.teacher_pass == TeacherPassArguments(7, 2, 9, "c", "float16", "fp32")
+    assert stages.teacher_pass == TeacherPassArguments(7, 2, 9, "c", "float16", "fp32", coverage_stage=True)
     assert stages.loss == ProxyLoss(0.5, 2.0, 0.01)
     assert stages.influence == InfluenceArguments(
         standardize=False, hessian="kfac", exact_max_params=5, cg_max_iter=6, cg_tol=1e-3, fit_max_iter=8,
@@ -48,8 +48,27 @@ def test_every_field_reaches_its_stage():
     assert stages.policy == dataclasses.replace(
         PolicyArguments(), outer_steps=4, outer_lr=0.3, inner_epochs=2.0, inner_batch_size=16, inner_lr=0.05,
         subsample=50, max_ab=3.0, stratify=False, chunk_size=333, objective="kd+coverage", coverage_weight=0.5,
-        coverage_dim=4, coverage_views=2, entropy_weight=0.01,
+        coverage_dim=4, coverage_views=2, coverage_view="stage", entropy_weight=0.01,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "objective, view, computed",
+    [("kd", "projection", False), ("kd", "stage", False), ("kd+coverage", "projection", False),
+     ("kd+coverage", "stage", True)],
+)  # fmt: skip
+def test_the_teacher_pass_computes_the_stage_view_only_when_the_objective_uses_it(objective, view, computed):
+    stages = PrunerConfig(policy_objective=objective, policy_coverage_view=view).stages()
+    assert stages.teacher_pass.coverage_stage is computed
+    assert stages.policy.coverage_view == view
+    assert PrunerConfig().policy_coverage_view == "projection" and not PrunerConfig().stages().teacher_pass.coverage_stage
+
+
+def test_an_unknown_coverage_view_names_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown policy coverage view 'layer2'. Choose between \['projection', 'stage'\]"):
+        PrunerConfig(policy_coverage_view="layer2")
+    with pytest.raises(ValueError, match="Choose between"):
+        PolicyArguments(coverage_view="pixels")
 
 
 def test_influence_stage_is_what_influence_scores_takes():

@@ -327,3 +327,114 @@ def test_bf16_teacher_pass_stores_float32_close_to_fp32_in_its_own_cache(ds, tea
     assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
     with pytest.raises(ValueError, match=r"Unknown precision 'half'. Choose between \['auto', 'bf16', 'fp32'\]"):
         compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, precision="half", **PASS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The middle-stage view of the policy's coverage term
+
+
+def direct_stage_view(teacher, ds, module="layer2"):
+    """The reference: a hook on `module` in one direct forward, its output average-pooled to 2 x 2, flattened."""
+    transform = eval_transform(teacher)
+    x = torch.stack([transform(image.convert("RGB")) for image in ds["img"]])
+    captured = []
+    hook = teacher.get_submodule(module).register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.inference_mode():
+        teacher.eval()(x)
+    hook.remove()
+    return torch.nn.functional.adaptive_avg_pool2d(captured[0], 2).flatten(1).numpy()
+
+
+DEFAULT_IDENTITY = [  # the fields of a teacher-pass cache key before the stage view existed
+    "dataset_fingerprint", "features_dtype", "image_column", "label_column", "num_rows", "teacher", "transform", "version",
+]  # fmt: skip
+
+
+def test_the_stage_view_is_the_pooled_middle_stage_of_the_same_forward(ds, teacher, tmp_path):
+    calls = count_forwards(teacher)
+    out = compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, **PASS)
+    assert calls["n"] == 8  # one forward per batch of 5: the view comes with the features, not from a second pass
+    assert out.coverage.shape == (40, 4 * 32) and out.coverage.dtype == np.float32  # layer2 has 32 channels
+    np.testing.assert_allclose(out.coverage, direct_stage_view(teacher, ds), rtol=1e-5, atol=1e-5)
+    features, _ = direct_forward(teacher, ds)
+    np.testing.assert_allclose(out.features, features, rtol=1e-5, atol=1e-5)
+    assert out.meta["identity"]["coverage"] == {"view": "stage", "module": "layer2", "pool": 2}
+    assert "coverage.npy" in {p.name for p in only_subdir(tmp_path).iterdir()}
+    assert not teacher.layer2._forward_hooks  # the hook is gone after the pass
+    half = compute_teacher_outputs(
+        teacher, ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, features_dtype="float16", **PASS
+    )  # fmt: skip
+    assert half.coverage.dtype == np.float16  # the features' dtype rule
+    np.testing.assert_allclose(half.coverage.astype(np.float32), out.coverage, rtol=1e-3, atol=1e-3)
+
+
+def test_the_default_pass_keeps_its_key_and_has_no_view(ds, teacher, tmp_path):
+    from hf_ifbeta.feature_cache import cache_key
+    from hf_ifbeta.logit_cache import state_dict_digest
+
+    plain = compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, precision="fp32", **PASS)
+    assert plain.coverage is None and "coverage.npy" not in {p.name for p in only_subdir(tmp_path).iterdir()}
+    before = {  # the key as the teacher pass computed it before the view existed, written out field by field
+        "version": 1, "dataset_fingerprint": ds._fingerprint, "num_rows": 40,
+        "teacher": {
+            "class": "hf_ifbeta.models.cifar_resnet.CifarResNet", "architecture": "cifar10_resnet20",
+            "tag": teacher.pretrained_cfg["tag"], "state_dict_sha256": state_dict_digest(teacher),
+        },
+        "transform": repr(eval_transform(teacher)), "image_column": "img", "label_column": "label",
+        "features_dtype": "float32",
+    }  # fmt: skip
+    assert sorted(before) == DEFAULT_IDENTITY and plain.meta["identity"] == before
+    assert plain.meta["key"] == cache_key(before)
+    staged = compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, **PASS)
+    assert staged.meta["key"] != plain.meta["key"]
+    assert {k: v for k, v in staged.meta["identity"].items() if k != "coverage"} == before
+    np.testing.assert_array_equal(staged.features, plain.features)
+    np.testing.assert_array_equal(staged.logits, plain.logits)
+
+
+def test_a_missing_view_in_a_finished_entry_is_computed_again(ds, teacher, tmp_path, caplog):
+    first = compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, **PASS)
+    expected = np.array(first.coverage)
+    (only_subdir(tmp_path) / "coverage.npy").unlink()
+    calls = count_forwards(teacher)
+    with caplog.at_level("WARNING"):
+        again = compute_teacher_outputs(teacher, ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, **PASS)
+    assert "coverage.npy is missing" in caplog.text and calls["n"] == 8
+    np.testing.assert_array_equal(again.coverage, expected)
+
+
+def test_the_stage_view_finds_the_middle_of_a_timm_feature_info(ds, teacher, tmp_path):
+    from timm.models import FeatureInfo
+
+    from hf_ifbeta.features import _middle_stage
+
+    assert _middle_stage(teacher).name == "layer2"  # a list of 4 dicts: index 2
+    teacher.feature_info = FeatureInfo([dict(teacher.feature_info[i]) for i in (1, 2, 3)], out_indices=(0, 1, 2))
+    assert _middle_stage(teacher).name == "layer2"  # a FeatureInfo of 3: index 1
+    import timm
+
+    resnet = timm.create_model("resnet18", num_classes=10)  # 5 entries, from act1: index 2 is layer2 too
+    stage = _middle_stage(resnet)
+    assert stage.name == "layer2" and stage.num_chs == 128
+
+
+def test_a_teacher_without_feature_info_or_with_token_stages_is_refused(ds, tmp_path):
+    plain = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 10))
+    with pytest.raises(ValueError, match=r"Sequential has no `feature_info`.*policy_coverage_view='stage'"):
+        compute_teacher_outputs(plain, ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, **PASS)
+
+    class Tokens(nn.Module):
+        """A stage that gives (B, N, C) tokens, as a vision transformer's blocks do."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 8, stride=8)
+            self.block = nn.Identity()
+            self.head = nn.Linear(8, 10)
+            self.feature_info = [dict(num_chs=8, reduction=8, module=m) for m in ("embed", "block", "block")]
+
+        def forward(self, x):
+            return self.head(self.block(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+    with pytest.raises(ValueError, match=r"stage 'block' of Tokens gives \(5, \d+, 8\).*transformer tokens"):
+        compute_teacher_outputs(Tokens(), ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, **PASS)

@@ -67,6 +67,33 @@ def test_score_once_select_at_several_ratios_without_a_second_teacher_pass(make_
     assert calls == []
 
 
+def test_the_stage_coverage_view_reaches_the_policy_learner(make_pruner, tiny_ds, monkeypatch):
+    from hf_ifbeta import policy_scale
+
+    seen = []
+    learn = policy_scale.learn_beta_policy
+
+    def spy(*args, coverage=None, **kwargs):
+        seen.append((np.array(coverage) if coverage is not None else None, kwargs["policy_args"]))
+        return learn(*args, coverage=coverage, **kwargs)
+
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", spy)
+    pruner = make_pruner(
+        method="if-beta", policy_objective="kd+coverage", policy_coverage_view="stage", outer_steps=2, inner_epochs=1.0
+    )  # fmt: skip
+    pruned = pruner.prune(tiny_ds, ratio=0.5)
+    outputs = pruner.last_result._teacher_outputs()
+    (coverage, args), = seen
+    assert coverage.shape == (len(tiny_ds), 4 * 32)  # cifar10_resnet20's layer2: 32 channels, pooled to 2 x 2
+    np.testing.assert_array_equal(coverage, outputs.coverage)
+    assert args.objective == "kd+coverage" and args.coverage_view == "stage"
+    assert len(pruned) == 60 and len(pruner.last_result.policy["history"]) == 2
+    default = make_pruner(method="if-beta", outer_steps=2, inner_epochs=1.0)
+    default.prune(tiny_ds, ratio=0.5)
+    assert seen[1][0] is None and default.last_result._teacher_outputs().coverage is None
+    assert default.last_result.provenance["teacher_outputs_dir"] != pruner.last_result.provenance["teacher_outputs_dir"]
+
+
 def test_same_seed_same_rows_other_seed_other_rows(make_pruner, tiny_ds):
     result = make_pruner(method="random").score(tiny_ds)
     a = result.select_indices(0.5, seed=1).copy()

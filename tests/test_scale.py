@@ -244,3 +244,33 @@ def test_random_projection_is_orthonormal_and_seeded():
     assert not np.allclose(q, policy_scale._random_projection(64, 16, seed=4))
     with pytest.raises(ValueError, match="projection dimension"):
         policy_scale._random_projection(8, 9, seed=0)
+
+
+def test_reduced_path_reads_the_coverage_view_of_its_rows(tmp_path, monkeypatch):
+    outputs, u, val = policy_problem(n=1200, d=16, num_classes=6)
+    view = np.random.default_rng(3).normal(size=(1200, 12)).astype(np.float32)
+    np.save(tmp_path / "coverage.npy", view)
+    on_disk_view = np.load(tmp_path / "coverage.npy", mmap_mode="r")
+    reduction = PolicyReduction(max_head_params=0, max_classes=3)
+    args = PolicyArguments(
+        outer_steps=2, subsample=300, reduction=reduction, objective="kd+coverage", coverage_view="stage", chunk_size=7,
+    )  # fmt: skip
+    data = (outputs.features, outputs.logits, outputs.labels, u, val)
+    problem = policy_scale.reduce_policy_problem(*data, policy_args=args, seed=0, coverage=on_disk_view)
+    np.testing.assert_array_equal(problem.coverage, view[problem.rows])  # the rows of the reduced problem, as given
+    assert policy_scale.reduce_policy_problem(*data, policy_args=args, seed=0).coverage is None
+    seen = []
+
+    def spy(*args, coverage=None, **kwargs):
+        seen.append(coverage)
+        return learn_beta_policy(*args, coverage=coverage, **kwargs)
+
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", spy)
+    result = learn_beta_policy_at_scale(*data[:4], 0.3, val, policy_args=args, coverage=on_disk_view)
+    np.testing.assert_array_equal(seen[0], problem.coverage)
+    assert result.info["reduced"]["classes"] == 3 and len(result.history) == 2
+    plain = dataclasses.replace(args, reduction=PolicyReduction())  # below the threshold: the view as it is
+    learn_beta_policy_at_scale(*data[:4], 0.3, val, policy_args=plain, coverage=on_disk_view)
+    assert seen[1] is on_disk_view
+    with pytest.raises(ValueError, match=r"coverage_view='stage'.*got None"):
+        learn_beta_policy_at_scale(*data[:4], 0.3, val, policy_args=plain)

@@ -7,6 +7,7 @@ import pytest
 
 from hf_ifbeta import policy, policy_scale, scorers
 from hf_ifbeta.config import PolicyArguments, PrunerConfig
+from hf_ifbeta.features import TeacherOutputs
 from hf_ifbeta.losses import ProxyLoss
 from hf_ifbeta.selection import class_budgets
 from hf_ifbeta.scorers import (
@@ -392,6 +393,32 @@ def test_if_beta_learns_the_policy_for_the_ratio(monkeypatch):
         "fell_back_to_uniform": False, "on_bound": False, "info": {"steps": 3},
     }
     assert len(selection.indices) == 60
+
+
+@pytest.mark.parametrize(
+    "objective, view, passed", [("kd+coverage", "stage", True), ("kd+coverage", "projection", False), ("kd", "stage", False)]
+)
+def test_if_beta_hands_the_stage_view_to_the_learner_only_when_its_objective_uses_it(monkeypatch, objective, view, passed):
+    calls = []
+
+    def fake_learn(*args, **kwargs):
+        calls.append(kwargs["coverage"])
+        return SimpleNamespace(
+            policy=policy.BetaPolicy(1.0, 1.0), history=[], val_loss_learned=0.8, val_loss_uniform=0.9,
+            fell_back_to_uniform=False, info={},
+        )  # fmt: skip
+
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", fake_learn)
+    plain = tiny_outputs()
+    view_of_rows = np.random.default_rng(0).normal(size=(plain.n, 8)).astype(np.float32)
+    outputs = TeacherOutputs(plain.features, plain.logits, plain.labels, coverage=view_of_rows)
+    run("if-beta", outputs, 0.5, policy_objective=objective, policy_coverage_view=view)
+    assert (calls[0] is view_of_rows) if passed else calls[0] is None
+
+
+def test_if_beta_with_the_stage_view_and_outputs_without_it_says_what_to_compute():
+    with pytest.raises(ValueError, match=r"coverage_view='stage'.*compute_teacher_outputs\(coverage_stage=True\)"):
+        run("if-beta", tiny_outputs(), 0.5, policy_objective="kd+coverage", policy_coverage_view="stage")
 
 
 @pytest.mark.parametrize("on_bound, fell_back, warned", [({"b": "lower"}, False, True), ({}, False, False),

@@ -122,8 +122,7 @@ class Context:
             for path in (setting.train_file, setting.test_file):
                 if not Path(path).exists():
                     raise FileNotFoundError(f"Setting {setting.name!r} needs {path}; see docs/settings.md to build it.")
-            files = {"train": setting.train_file, "test": setting.test_file}
-            ds = datasets.load_dataset("parquet", data_files=files)
+            ds = load_parquet({"train": setting.train_file, "test": setting.test_file})
             train, flipped = ds["train"], None
             found = getattr(train.features[setting.label_column], "num_classes", None)
             if found is not None and found != setting.num_classes:
@@ -155,6 +154,39 @@ class Context:
             train, _, _ = self.data(setting)
             self._pruning[setting.name] = Pruning(self.teacher(setting), train, setting)
         return self._pruning[setting.name]
+
+
+def stable_copy(path: str) -> str:
+    """`path`, copied once to `$HF_HOME/hf_ifbeta/data_copies/<sha256 prefix>/<name>` (outside the repository).
+
+    `datasets` fingerprints a local data file by its path and modification time, and every cache keyed by that
+    fingerprint (teacher pass, teacher logits) misses when the file is mounted afresh with new times, as
+    `../shared` is at every session. A copy named by its content keeps one path and time for the same bytes,
+    and changed bytes get a new copy.
+    """
+    import hashlib
+
+    from hf_ifbeta.files import atomic_path, default_cache_dir
+
+    source = Path(path)
+    digest = hashlib.sha256()
+    with open(source, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    target = default_cache_dir() / "data_copies" / digest.hexdigest()[:16] / source.name
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(source.read_bytes())
+    return str(target)
+
+
+def load_parquet(files: Dict[str, str]):
+    """`datasets.load_dataset("parquet", data_files=files)` through `stable_copy`, so that its fingerprint, and
+    the caches keyed by it, survive a remount of the data."""
+    import datasets
+
+    return datasets.load_dataset("parquet", data_files={split: stable_copy(path) for split, path in files.items()})
 
 
 def load_teacher(setting: str = "cifar10"):

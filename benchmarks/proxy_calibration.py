@@ -119,11 +119,12 @@ def variants() -> List[Dict]:
 
 def load_inputs(allow_teacher_pass: bool):
     """Teacher outputs + influence scores through the public API (the teacher pass comes from the cache)."""
-    import datasets
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from kd_sweep import load_parquet
 
     # both splits, as the sweep loads them: the same dataset fingerprint, so the same teacher-pass cache
     files = {split: str(SHARED / f"data/cifar10/{split}.parquet") for split in ("train", "test")}
-    ds = datasets.load_dataset("parquet", data_files=files)["train"]
+    ds = load_parquet(files)["train"]
     cached = [
         p.parent
         for p in default_cache_dir().glob("*/meta.json")

@@ -53,11 +53,12 @@ def without_times(value):
 
 
 def fingerprints(methods=None, ratios=RATIOS, seed: int = 0):
-    import datasets
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from kd_sweep import load_parquet
 
     # Both splits, as benchmarks/kd_sweep.py loads them: the same fingerprint, so its teacher-pass cache serves here.
     files = {split: str(SHARED / f"data/cifar10/{split}.parquet") for split in ("train", "test")}
-    train = datasets.load_dataset("parquet", data_files=files)["train"]
+    train = load_parquet(files)["train"]
     teacher = load_model("cifar10_resnet56", checkpoint=str(SHARED / "models/cifar10_resnet56.pt")).eval()
     out = {}
     for method in methods or list_methods():

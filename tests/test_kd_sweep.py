@@ -2,6 +2,7 @@
 tested in tests/test_trainer.py and tests/test_logit_cache.py)."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,37 @@ def test_a_learned_policy_label_fixes_the_policy_per_ratio_and_seed(monkeypatch)
 def test_an_unknown_learned_policy_name_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"Unknown learned policy 'nope'; choose from \['stage2x2'\]"):
         kd_sweep.learned_policy("nope", 0.3, 0)
+
+
+def test_stable_copy_keeps_one_path_per_content(tmp_path, monkeypatch):
+    """The data are loaded from a copy named by their bytes: a remount (new modification time) keeps the path and
+    so the `datasets` fingerprint; changed bytes get another copy; the copy lives under HF_HOME, not the source."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    source = tmp_path / "shared" / "train.parquet"
+    source.parent.mkdir()
+    source.write_bytes(b"rows")
+    first = kd_sweep.stable_copy(str(source))
+    assert first.startswith(str(tmp_path / "hf")) and Path(first).read_bytes() == b"rows"
+    copied_at = Path(first).stat().st_mtime_ns
+    os.utime(source, ns=(copied_at + 10**9, copied_at + 10**9))  # mounted again: a new modification time
+    assert kd_sweep.stable_copy(str(source)) == first and Path(first).stat().st_mtime_ns == copied_at
+    source.write_bytes(b"other rows")
+    second = kd_sweep.stable_copy(str(source))
+    assert second != first and Path(second).read_bytes() == b"other rows" and Path(second).name == "train.parquet"
+
+
+def test_load_parquet_fingerprint_survives_a_remount(tmp_path, monkeypatch):
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    source = tmp_path / "train.parquet"
+    datasets.Dataset.from_dict({"label": [0, 1, 2]}).to_parquet(str(source))
+    before = kd_sweep.load_parquet({"train": str(source)})["train"]._fingerprint
+    later = source.stat().st_mtime_ns + 5 * 10**9
+    os.utime(source, ns=(later, later))
+    assert datasets.load_dataset("parquet", data_files={"train": str(source)})["train"]._fingerprint != before
+    assert kd_sweep.load_parquet({"train": str(source)})["train"]._fingerprint == before

@@ -75,8 +75,10 @@ def test_settings_get_their_own_tables_and_the_summary_pairs_seeds():
             rows.append({**cell("random", ratio, seed, 70.0 + seed), **noisy})
             rows.append({**cell("if-beta", ratio, seed, 70.5 + seed + 0.1 * seed), **noisy})
     rows.append({**cell("random", 0.3, 0, 80.4), "engine": "trainer"})  # the trainer's rerun of a committed cell
+    rows.append({**cell("if-beta@new", 0.3, 0, 81.0), "engine": "trainer"})  # a new method: no loop cell to check
     groups, engine_check = report.split_rows(rows)
     assert set(groups) == {"cifar10", "cifar10-noisy20"} and len(engine_check) == 1
+    assert [r["method"] for r in groups["cifar10"] if r.get("engine") == "trainer"] == ["if-beta@new"]
     overview = report.settings_summary({k: report.summarise(v) for k, v in groups.items()})
     mean, low, high, pairs = overview["cifar10-noisy20"][0.7]
     assert mean == pytest.approx(0.6) and pairs == 3 and low < 0.6 < high

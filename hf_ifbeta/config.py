@@ -403,7 +403,8 @@ class PrunerConfig:
             teacher_pass=TeacherPassArguments(
                 batch_size=self.batch_size, num_workers=self.num_workers, chunk_size=self.chunk_size,
                 cache_dir=self.cache_dir, features_dtype=self.features_dtype, precision=self.teacher_precision,
-                coverage_stage=self.policy_objective == "kd+coverage" and self.policy_coverage_view == "stage",
+                coverage_stage=self.policy_objective == "kd+coverage" and self.policy_coverage_view == "stage"
+                and self.policy_coverage_weight > 0,
             ),
             loss=ProxyLoss(alpha=self.alpha, temperature=self.temperature, l2=self.l2),
             influence=InfluenceArguments(

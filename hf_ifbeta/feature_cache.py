@@ -103,9 +103,13 @@ class TeacherOutputs:
         save_directory.mkdir(parents=True, exist_ok=True)
         for name in ARRAYS + ((COVERAGE,) if self.coverage is not None else ()):
             atomic_write(save_directory / f"{name}.npy", lambda f, a=getattr(self, name): np.save(f, a))
+        if self.coverage is None:  # an earlier save's view must not come back with these arrays
+            (save_directory / f"{COVERAGE}.npy").unlink(missing_ok=True)
         if self.head is not None:
             weight, bias = self.head
             atomic_write(save_directory / HEAD_FILE, lambda f: np.savez(f, weight=weight, bias=bias))
+        else:
+            (save_directory / HEAD_FILE).unlink(missing_ok=True)
         meta = {k: v for k, v in self.meta.items() if k != "cache_path"}  # set again by `load`
         meta["complete"] = True
         meta["files"] = _file_records(save_directory, _array_files(save_directory, meta))
@@ -206,7 +210,7 @@ def assemble(
     if COVERAGE in names:
         targets[COVERAGE] = ((n, widths[COVERAGE]), np.dtype(features_dtype))
     chunk_size = meta["chunk_size"]
-    # All three arrays are renamed into place only once every chunk has been read into them.
+    # Every array is renamed into place only once every chunk has been read into it.
     with contextlib.ExitStack() as stack:
         tmp = {name: stack.enter_context(atomic_path(cache / f"{name}.npy")) for name in targets}
         out = {

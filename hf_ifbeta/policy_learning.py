@@ -22,7 +22,10 @@ from .losses import ProxyLoss
 from .policy import BetaPolicy, PolicyObjective, _check_arrays, _check_positions, beta_entropy
 from .selection import check_ratio, stratified_subsample
 
-__all__ = ["OuterObjective", "PolicyLearningResult", "bounds_reached", "coverage_features", "learn_beta_policy"]
+__all__ = [
+    "OuterObjective", "PolicyLearningResult", "bounds_reached", "coverage_features", "learn_beta_policy",
+    "uses_stage_view",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,11 @@ def learn_beta_policy(
             )
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def uses_stage_view(args: PolicyArguments) -> bool:
+    """Whether the outer objective has a coverage term on the teacher's middle-stage view."""
+    return args.objective == "kd+coverage" and args.coverage_view == "stage" and args.coverage_weight > 0
 
 
 def bounds_reached(ab: Tuple[float, float], log_box: Tuple[float, float]) -> Dict[str, str]:
@@ -247,6 +255,12 @@ def _learn_beta_policy(
     val = stratified_subsample(np.sort(val_indices), labels, args.val_subsample, rng)
     if coverage is not None and (coverage.ndim != 2 or coverage.shape[0] != n):
         raise ValueError(f"coverage must be an (n, k) array with n = {n} rows, got shape {coverage.shape}.")
+    if coverage is None and uses_stage_view(args):
+        raise ValueError(
+            "coverage_view='stage' (policy_coverage_view) needs the teacher's middle-stage view of every row as "
+            "`coverage`: `TeacherOutputs.coverage`, computed by `compute_teacher_outputs(coverage_stage=True)` (the "
+            "pruner asks for it with policy_objective='kd+coverage', policy_coverage_view='stage'); got None."
+        )
     if coverage is not None and args.objective != "kd+coverage":
         raise ValueError(f"coverage is the view of the 'kd+coverage' objective; policy_args.objective is {args.objective!r}.")
     objective = _outer_objective(features, logits, labels, u, ratio, train, val, loss, args, seed, device, coverage)

@@ -95,12 +95,6 @@ def learn_beta_policy_at_scale(
     >>> kept = result.policy.select(u, 0.3, labels, seed=0)
     ```
     """
-    if policy_args.objective == "kd+coverage" and policy_args.coverage_view == "stage" and coverage is None:
-        raise ValueError(
-            "coverage_view='stage' (policy_coverage_view) needs the teacher's middle-stage view of every row as "
-            "`coverage`: `TeacherOutputs.coverage`, computed by `compute_teacher_outputs(coverage_stage=True)` (the "
-            "pruner asks for it with policy_objective='kd+coverage', policy_coverage_view='stage'); got None."
-        )
     device = resolve_device(device)
     d = features.shape[1]
     C = logits.shape[1]

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 import numpy as np
 from scipy.special import betaln, logsumexp
 
-from .config import PolicyReduction, PrunerConfig, PrunerStages
+from .config import MAX_AB, MIN_AB, PolicyReduction, PrunerConfig, PrunerStages
 from .policy import BetaPolicy, rank_positions
+from .policy_learning import uses_stage_view
 from .policy_scale import learn_beta_policy_at_scale
 from .selection import check_ratio, class_rows, gumbel_top_k, num_kept, select_per_class, top_k
 
@@ -557,12 +558,10 @@ class IFBeta(PruningMethod):
                 on_bound=False, info={},
             )
         else:
-            # The teacher pass keeps the middle-stage view only when this view of "kd+coverage" asks for it.
-            stage_view = policy_args.objective == "kd+coverage" and policy_args.coverage_view == "stage"
             result = learn_beta_policy_at_scale(
                 outputs.features, outputs.logits, outputs.labels, u, ratio, context.val_indices,
                 loss=context.stages.loss, policy_args=policy_args, seed=seed, device=context.device,
-                coverage=outputs.coverage if stage_view else None,
+                coverage=outputs.coverage if uses_stage_view(policy_args) else None,
             )  # fmt: skip
             policy = result.policy
             record = dict(
@@ -575,11 +574,17 @@ class IFBeta(PruningMethod):
                 info=dict(result.info),
             )
             if record["on_bound"]:
+                sides = set(result.info["on_bound"].values())
+                # The box is [1 / max_ab, max_ab] within the package's limits [MIN_AB, MAX_AB].
+                widen = ("upper" in sides and policy_args.max_ab < MAX_AB) or (
+                    "lower" in sides and 1 / policy_args.max_ab > MIN_AB
+                )
                 logger.warning(
                     "if-beta: the learned policy Beta(%.3g, %.3g) at ratio %.3f sits on the bound of its search box "
-                    "[%.3g, %.3g] (%s): the box chose it, not the outer objective. A larger policy_max_ab lets the "
-                    "objective decide.", policy.a, policy.b, ratio, *result.info["box"],
-                    ", ".join(f"{k} {v}" for k, v in result.info["on_bound"].items()),
+                    "[%.3g, %.3g] (%s): the box chose it, not the outer objective. %s", policy.a, policy.b, ratio,
+                    *result.info["box"], ", ".join(f"{k} {v}" for k, v in result.info["on_bound"].items()),
+                    "A larger policy_max_ab lets the objective decide." if widen
+                    else f"That bound is the package's limit (a and b in [{MIN_AB:g}, {MAX_AB:g}]).",
                 )  # fmt: skip
         indices = policy.select(u, ratio, labels=outputs.labels, stratify=policy_args.stratify, seed=seed)
         logger.info("if-beta: ratio %.3f, Beta(%.3f, %.3f), learned=%s", ratio, policy.a, policy.b, record["learned"])

@@ -101,6 +101,10 @@ def test_the_coverage_view_saves_and_loads_with_the_rest_and_is_none_without_it(
     np.testing.assert_array_equal(loaded.coverage, out.coverage)
     with pytest.raises(ValueError, match=r"one row per example.*'coverage': 5"):
         TeacherOutputs(plain.features, plain.logits, plain.labels, coverage=out.coverage[:5])
+    # Saved again over the same folder without a view (or a head), the earlier save's files do not come back.
+    TeacherOutputs(plain.features, plain.logits, plain.labels).save(tmp_path / "saved")
+    again = TeacherOutputs.load(tmp_path / "saved")
+    assert again.coverage is None and again.head is None
 
 
 def test_a_damaged_or_missing_coverage_file_is_named(tmp_path):

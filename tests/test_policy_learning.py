@@ -262,5 +262,8 @@ def test_a_given_coverage_view_replaces_the_random_projections():
     assert np.isfinite(learned.val_loss_learned) and learned.history[0]["loss"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"coverage must be an \(n, k\) array with n = 600 rows"):
         learn_beta_policy(x, z, y, u, 0.5, val, policy_args=args, coverage=view[:10])
+    stage = dataclasses.replace(args, coverage_view="stage")
+    with pytest.raises(ValueError, match=r"coverage_view='stage'.*got None"):  # never the projections instead
+        learn_beta_policy(x, z, y, u, 0.5, val, policy_args=stage)
     with pytest.raises(ValueError, match="coverage is the view of the 'kd\\+coverage' objective"):
         learn_beta_policy(x, z, y, u, 0.5, val, policy_args=PolicyArguments(), coverage=view)

@@ -421,6 +421,27 @@ def test_if_beta_with_the_stage_view_and_outputs_without_it_says_what_to_compute
         run("if-beta", tiny_outputs(), 0.5, policy_objective="kd+coverage", policy_coverage_view="stage")
 
 
+@pytest.mark.parametrize("max_ab, on_bound, advice", [
+    (2.0, {"a": "upper", "b": "lower"}, "A larger policy_max_ab"),
+    (16.0, {"b": "lower"}, "the package's limit (a and b in [0.1, 50])"),  # 1 / 16 is below the floor 0.1
+    (16.0, {"a": "upper"}, "A larger policy_max_ab"),
+    (50.0, {"a": "upper"}, "the package's limit"),
+])  # fmt: skip
+def test_the_on_bound_warning_suggests_a_wider_box_only_when_the_box_set_the_bound(monkeypatch, caplog, max_ab,
+                                                                                 on_bound, advice):  # fmt: skip
+    def fake_learn(*args, **kwargs):
+        return SimpleNamespace(
+            policy=policy.BetaPolicy(2.0, 0.5), history=[], val_loss_learned=0.8, val_loss_uniform=0.9,
+            fell_back_to_uniform=False, info={"box": [max(0.1, 1 / max_ab), max_ab], "on_bound": on_bound},
+        )  # fmt: skip
+
+    monkeypatch.setattr(policy_scale, "learn_beta_policy", fake_learn)
+    with caplog.at_level("WARNING", logger="hf_ifbeta.scorers"):
+        run("if-beta", tiny_outputs(), 0.5, policy_max_ab=max_ab)
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert advice in message
+
+
 @pytest.mark.parametrize("on_bound, fell_back, warned", [({"b": "lower"}, False, True), ({}, False, False),
                                                           ({"a": "upper"}, True, False)])  # fmt: skip
 def test_if_beta_warns_when_the_learned_policy_sits_on_its_box(monkeypatch, caplog, on_bound, fell_back, warned):

@@ -159,25 +159,28 @@ class Context:
 def stable_copy(path: str) -> str:
     """`path`, copied once to `$HF_HOME/hf_ifbeta/data_copies/<sha256 prefix>/<name>` (outside the repository).
 
-    `datasets` fingerprints a local data file by its path and modification time, and every cache keyed by that
-    fingerprint (teacher pass, teacher logits) misses when the file is mounted afresh with new times, as
-    `../shared` is at every session. A copy named by its content keeps one path and time for the same bytes,
-    and changed bytes get a new copy.
+    `datasets` fingerprints a local data file by its path and modification time, so every cache keyed by that
+    fingerprint (teacher pass, teacher logits) would miss whenever the file is mounted again with new times. A
+    copy named by its content, with a fixed modification time, keeps one path and time for the same bytes
+    (also when two processes copy at once); changed bytes get a new copy, and a damaged copy is made again.
     """
     import hashlib
+    import shutil
 
     from hf_ifbeta.files import atomic_path, default_cache_dir
 
+    def digest(p: Path) -> str:
+        with open(p, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
     source = Path(path)
-    digest = hashlib.sha256()
-    with open(source, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    target = default_cache_dir() / "data_copies" / digest.hexdigest()[:16] / source.name
-    if not target.exists() or target.stat().st_size != source.stat().st_size:
+    expected = digest(source)
+    target = default_cache_dir() / "data_copies" / expected[:16] / source.name
+    if not target.exists() or digest(target) != expected:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
-            tmp.write_bytes(source.read_bytes())
+            shutil.copyfile(source, tmp)
+            os.utime(tmp, ns=(0, 0))
     return str(target)
 
 
@@ -214,15 +217,15 @@ def default_cells(settings=None) -> List[Dict]:
         return out
 
     cells += block("cifar10-e5")
-    # Students on the policies the stage-view objective learned (issue 12), before the other settings: whether it
-    # can replace today's default decides which IF-Beta those settings should run.
+    # Students on the policies the stage-view objective learned, before the other settings: whether it can replace
+    # the default decides which IF-Beta those settings should run.
     cells += [
         dict(setting="cifar10", method='if-beta@policy_learned_by="stage2x2"', ratio=r, seed=s)
         for s in (0, 1, 2) for r in (0.7, 0.5, 0.3)
     ]  # fmt: skip
     cells += block("cifar10-noisy20")
     cells += block("cifar10-t20")
-    cells += block("tiny-imagenet", seeds=(0, 1))  # its cells take over 10 minutes: two seeds, as the protocol allows
+    cells += block("tiny-imagenet", seeds=(0, 1))  # the slowest cells: two seeds, as the protocol allows for those
     cells += block("cifar10-e30", ratios=(0.7, 0.3), seeds=(0, 1))
     return [c for c in cells if settings is None or c["setting"] in settings]
 
@@ -307,13 +310,19 @@ LEARNED_POLICIES = {
 }
 
 
-def learned_policy(name: str, ratio: float, seed: int):
+def learned_policy(name: str, ratio: float, seed: int, path: Path = RESULTS / "policy_landscape_cpu.json"):
+    """The (a, b) the `policy_landscape.py --product` run `LEARNED_POLICIES[name]` learned at (ratio, seed), as the
+    pruner would use it (uniform after a fallback)."""
     if name not in LEARNED_POLICIES:
         raise ValueError(f"Unknown learned policy {name!r}; choose from {sorted(LEARNED_POLICIES)}.")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from policy_landscape import product_policy  # benchmarks/policy_landscape.py
-
-    return product_policy(LEARNED_POLICIES[name], ratio, seed, RESULTS / "policy_landscape_cpu.json")
+    key, runs = LEARNED_POLICIES[name], json.loads(path.read_text()).get("product", {})
+    if key not in runs:
+        raise KeyError(f"No --product run {key!r} in {path}; it has {sorted(runs)}.")
+    try:
+        record = runs[key]["by_seed"][str(float(ratio))][str(seed)]
+    except KeyError:
+        raise KeyError(f"The --product run {key!r} in {path} did not learn ratio {ratio}, seed {seed}.") from None
+    return (1.0, 1.0) if record["fell_back_to_uniform"] else (record["a"], record["b"])
 
 
 def code_version() -> str:

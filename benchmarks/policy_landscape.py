@@ -27,7 +27,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -42,7 +41,9 @@ from proxy_vs_students import load_stages  # noqa: E402
 
 from hf_ifbeta.config import PrunerConfig  # noqa: E402
 from hf_ifbeta.policy import PolicyObjective, beta_entropy, rank_positions  # noqa: E402
-from hf_ifbeta.policy_learning import OuterObjective, coverage_features, learn_beta_policy  # noqa: E402
+from hf_ifbeta.policy_learning import (  # noqa: E402
+    OuterObjective, bounds_reached, coverage_features, learn_beta_policy, standardised,
+)
 from hf_ifbeta.selection import stratified_subsample  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
@@ -72,7 +73,7 @@ def learn(objective, steps: int = 40, lr: float = 0.2):
         theta = theta - lr * (m1 / (1 - 0.9 ** (step + 1))) / (np.sqrt(m2 / (1 - 0.999 ** (step + 1))) + 1e-8)
         theta = np.clip(theta, lo, hi)
     loss, a, b = min(history)
-    on_bound = any(abs(math.log(x) - edge) < 1e-6 for x in (a, b) for edge in (lo, hi))
+    on_bound = bool(bounds_reached((a, b), (lo, hi)))
     return {"a": a, "b": b, "loss": loss, "on_bound": on_bound}
 
 
@@ -117,7 +118,7 @@ def run_product(inputs, labels, u, val_indices, fields, path: Path, coverage=Non
                                        loss=stages.loss, policy_args=stages.policy, seed=seed,
                                        coverage=coverage[1] if coverage else None)  # fmt: skip
             a, b = result.info["learned_a"], result.info["learned_b"]
-            record = {"a": a, "b": b, "on_bound": bool(result.info["on_bound"]),
+            record = {"a": a, "b": b, "on_bound": bool(result.info["on_bound"]) and not result.fell_back_to_uniform,
                       "fell_back_to_uniform": result.fell_back_to_uniform, "val_loss_learned": result.val_loss_learned,
                       "val_loss_uniform": result.val_loss_uniform}  # fmt: skip
             if seed == 0:
@@ -127,18 +128,6 @@ def run_product(inputs, labels, u, val_indices, fields, path: Path, coverage=Non
                   f"{' (bound)' if record['on_bound'] else ''}"
                   f"{', fell back to uniform' if result.fell_back_to_uniform else ''}", flush=True)  # fmt: skip
             path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
-
-
-def product_policy(key: str, ratio: float, seed: int, path: Path) -> Tuple[float, float]:
-    """The (a, b) a `--product` run learned at (ratio, seed), as the pruner would use it (uniform after a fallback)."""
-    saved = json.loads(path.read_text()).get("product", {})
-    if key not in saved:
-        raise KeyError(f"No --product run {key!r} in {path}; it has {sorted(saved)}.")
-    try:
-        record = saved[key]["by_seed"][str(float(ratio))][str(seed)]
-    except KeyError:
-        raise KeyError(f"The --product run {key!r} in {path} did not learn ratio {ratio}, seed {seed}.") from None
-    return (1.0, 1.0) if record["fell_back_to_uniform"] else (record["a"], record["b"])
 
 
 def main(argv=None):
@@ -178,7 +167,7 @@ def main(argv=None):
         features["weak16"] = coverage_features(inputs["features"], 16, seed=0)
     else:
         stage = load_stages(inputs)[args.coverage]
-        features[args.coverage] = (stage - stage.mean(0)) / (stage.std(0) + 1e-6)
+        features[args.coverage] = standardised(stage)
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
 
     path = kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json"
@@ -236,11 +225,12 @@ def main(argv=None):
                   f"Beta({learned['a']:.2f}, {learned['b']:.2f}){' (bound)' if learned['on_bound'] else ''}", flush=True)  # fmt: skip
         out["ratios"][str(ratio)] = row
         print(f"ratio {ratio}: {time.perf_counter() - t0:.0f} s", flush=True)
-    if args.learn_tie_break is None:
-        if args.coverage != "weak16":  # beside the committed weak16 landscape, not over it
+    if args.learn_tie_break is None:  # the other runs' entries (product, tie-breaks, other views) are kept
+        if args.coverage == "weak16":
+            saved.update(out)
+        else:
             saved[f"coverage_{args.coverage}"] = out
-            out = saved
-        path.write_text(json.dumps(to_jsonable(out), indent=1) + "\n")
+        path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
     print(f"wrote {path}")
 
 

@@ -48,6 +48,7 @@ from proxy_calibration import _spearman, load_inputs  # noqa: E402
 from hf_ifbeta.files import atomic_write  # noqa: E402
 from hf_ifbeta.influence import influence_scores  # noqa: E402
 from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions  # noqa: E402
+from hf_ifbeta.policy_learning import standardised  # noqa: E402
 from hf_ifbeta.selection import stratified_subsample  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
@@ -68,13 +69,12 @@ class OuterObjective:
         train = np.setdiff1d(np.arange(labels.size), val)
         f, z = inputs["features"], inputs["logits"]
         if variant == "weak16":
-            f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+            f = standardised(f)
             f = f @ np.random.default_rng(seed).standard_normal((f.shape[1], 16)).astype(np.float32) / 4.0
         elif variant == "scarce1500":
             train = stratified_subsample(train, labels, 1500, np.random.default_rng(seed))
         elif variant in STAGE_VARIANTS:
-            f = inputs["stages"][variant]
-            f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+            f = standardised(inputs["stages"][variant])
         elif variant != "default":
             raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS + STAGE_VARIANTS}.")
         self.position = np.full(labels.size, -1)
@@ -252,7 +252,8 @@ def kept_rows(pruning, row: Dict) -> np.ndarray:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    dirty = bool(git("status", "--porcelain", "--", "hf_ifbeta"))
+    # rows of a learned-policy label also hang on a results file: never kept
+    dirty = bool(git("status", "--porcelain", "--", "hf_ifbeta")) or "policy_learned_by" in row["method"]
     path = KEPT / f"{kd_sweep.cell_key(row).replace('|', '__')}.{git('rev-parse', '--short', 'HEAD:hf_ifbeta')}.npy"
     if path.exists() and not dirty:
         return np.load(path)

@@ -45,7 +45,8 @@ class PruningResult:
         indices (`np.ndarray`, *optional*): sorted kept row ids of the last selection: `ds.select(indices)`.
         policy (`dict`, *optional*): the selection's policy (IF-Beta: learned `a`, `b`, outer-loss history,
             proxy validation losses of the learned and the uniform policy, and `on_bound`: whether the learned
-            policy sits on the bound of its search box, which `info["box"]` and `info["on_bound"]` detail).
+            policy sits on the bound of its search box, which `info["box"]` and `info["on_bound"]` detail; after a
+            fallback to uniform it is False, while `info["on_bound"]` still describes the discarded learned policy).
         config (`dict`): the `PrunerConfig` that made the scores.
         provenance (`dict`): teacher, dataset fingerprint and size, package version, cache folder.
         timings (`dict`): seconds spent in the teacher pass, scoring and selection.

@@ -2,6 +2,7 @@
 tested in tests/test_trainer.py and tests/test_logit_cache.py)."""
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -139,3 +140,18 @@ def test_load_parquet_fingerprint_survives_a_remount(tmp_path, monkeypatch):
     os.utime(source, ns=(later, later))
     assert datasets.load_dataset("parquet", data_files={"train": str(source)})["train"]._fingerprint != before
     assert kd_sweep.load_parquet({"train": str(source)})["train"]._fingerprint == before
+
+
+def test_learned_policy_reads_the_seed_and_ratio_and_is_uniform_after_a_fallback(tmp_path, monkeypatch):
+    path = tmp_path / "landscape.json"
+    by_seed = {"0.7": {"0": {"a": 1.8, "b": 0.6, "fell_back_to_uniform": False},
+                       "1": {"a": 3.0, "b": 0.4, "fell_back_to_uniform": True}}}  # fmt: skip
+    path.write_text(json.dumps({"product": {"run": {"by_seed": by_seed}}}))
+    monkeypatch.setitem(kd_sweep.LEARNED_POLICIES, "mine", "run")
+    assert kd_sweep.learned_policy("mine", 0.7, 0, path) == (1.8, 0.6)
+    assert kd_sweep.learned_policy("mine", 0.7, 1, path) == (1.0, 1.0)  # what the pruner would have used
+    with pytest.raises(KeyError, match="did not learn ratio 0.3, seed 0"):
+        kd_sweep.learned_policy("mine", 0.3, 0, path)
+    monkeypatch.setitem(kd_sweep.LEARNED_POLICIES, "mine", "other")
+    with pytest.raises(KeyError, match=r"No --product run 'other'.*\['run'\]"):
+        kd_sweep.learned_policy("mine", 0.7, 0, path)

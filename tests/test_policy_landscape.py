@@ -1,7 +1,6 @@
 """benchmarks/policy_landscape.py: the objectives' mix and the entropy tie-break on a saved grid."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +43,3 @@ def test_learn_finds_an_inside_optimum_and_reports_a_bound():
     clipped = landscape.learn(outside, steps=200, lr=0.1)
     assert clipped["on_bound"] and clipped["a"] == pytest.approx(16.0) and clipped["b"] == pytest.approx(0.25)
 
-
-def test_product_policy_reads_the_seed_and_ratio_and_is_uniform_after_a_fallback(tmp_path):
-    path = tmp_path / "landscape.json"
-    by_seed = {"0.7": {"0": {"a": 1.8, "b": 0.6, "fell_back_to_uniform": False},
-                       "1": {"a": 3.0, "b": 0.4, "fell_back_to_uniform": True}}}  # fmt: skip
-    path.write_text(json.dumps({"product": {"run": {"by_seed": by_seed}}}))
-    assert landscape.product_policy("run", 0.7, 0, path) == (1.8, 0.6)
-    assert landscape.product_policy("run", 0.7, 1, path) == (1.0, 1.0)  # what the pruner would have used
-    with pytest.raises(KeyError, match="did not learn ratio 0.3, seed 0"):
-        landscape.product_policy("run", 0.3, 0, path)
-    with pytest.raises(KeyError, match=r"No --product run 'other'.*\['run'\]"):
-        landscape.product_policy("other", 0.7, 0, path)

@@ -134,7 +134,7 @@ def compute_teacher_outputs(
             teacher's middle feature stage (the module `feature_info[len(feature_info) // 2]["module"]`, as timm
             lists a model's stages) average-pooled to 2 x 2, flattened channel by channel and stored in
             `features_dtype`. It is captured by a forward hook during the same forward. Such a cache has its own
-            key; without it the key is the one it always was.
+            key, so that a pass without it keeps the key it has without the option.
 
     Returns:
         `TeacherOutputs` with memory-mapped arrays.

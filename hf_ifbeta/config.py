@@ -147,6 +147,11 @@ class PolicyArguments:
     coverage_view: str = "projection"
     entropy_weight: float = 0.0
 
+    @property
+    def uses_stage_view(self) -> bool:
+        """Whether the outer objective has a coverage term on the teacher's middle-stage view."""
+        return self.objective == "kd+coverage" and self.coverage_view == "stage" and self.coverage_weight > 0
+
     def __post_init__(self):
         if self.objective not in OUTER_OBJECTIVES:
             raise ValueError(f"Unknown policy objective {self.objective!r}. Choose between {list(OUTER_OBJECTIVES)}.")
@@ -399,12 +404,19 @@ class PrunerConfig:
 
     def stages(self) -> PrunerStages:
         """This config split into the arguments of each stage: the one place where its fields are unpacked."""
+        policy = PolicyArguments(
+            outer_steps=self.outer_steps, outer_lr=self.outer_lr, inner_epochs=self.inner_epochs,
+            inner_batch_size=self.inner_batch_size, inner_lr=self.inner_lr, subsample=self.policy_subsample,
+            max_ab=self.policy_max_ab, stratify=self.stratify, chunk_size=self.stream_chunk_size,
+            objective=self.policy_objective, coverage_weight=self.policy_coverage_weight,
+            coverage_dim=self.policy_coverage_dim, coverage_views=self.policy_coverage_views,
+            coverage_view=self.policy_coverage_view, entropy_weight=self.policy_entropy_weight,
+        )  # fmt: skip
         return PrunerStages(
             teacher_pass=TeacherPassArguments(
                 batch_size=self.batch_size, num_workers=self.num_workers, chunk_size=self.chunk_size,
                 cache_dir=self.cache_dir, features_dtype=self.features_dtype, precision=self.teacher_precision,
-                coverage_stage=self.policy_objective == "kd+coverage" and self.policy_coverage_view == "stage"
-                and self.policy_coverage_weight > 0,
+                coverage_stage=policy.uses_stage_view,
             ),
             loss=ProxyLoss(alpha=self.alpha, temperature=self.temperature, l2=self.l2),
             influence=InfluenceArguments(
@@ -412,14 +424,7 @@ class PrunerConfig:
                 cg_max_iter=self.cg_max_iter, cg_tol=self.cg_tol, fit_max_iter=self.fit_max_iter,
                 fit_subsample=self.fit_subsample, chunk_size=self.stream_chunk_size,
             ),
-            policy=PolicyArguments(
-                outer_steps=self.outer_steps, outer_lr=self.outer_lr, inner_epochs=self.inner_epochs,
-                inner_batch_size=self.inner_batch_size, inner_lr=self.inner_lr, subsample=self.policy_subsample,
-                max_ab=self.policy_max_ab, stratify=self.stratify, chunk_size=self.stream_chunk_size,
-                objective=self.policy_objective, coverage_weight=self.policy_coverage_weight,
-                coverage_dim=self.policy_coverage_dim, coverage_views=self.policy_coverage_views,
-                coverage_view=self.policy_coverage_view, entropy_weight=self.policy_entropy_weight,
-            ),
+            policy=policy,
         )  # fmt: skip
 
     def to_dict(self) -> Dict[str, Any]:

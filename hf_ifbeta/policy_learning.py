@@ -24,7 +24,6 @@ from .selection import check_ratio, stratified_subsample
 
 __all__ = [
     "OuterObjective", "PolicyLearningResult", "bounds_reached", "coverage_features", "learn_beta_policy",
-    "uses_stage_view",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,11 +127,6 @@ def learn_beta_policy(
             )
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def uses_stage_view(args: PolicyArguments) -> bool:
-    """Whether the outer objective has a coverage term on the teacher's middle-stage view."""
-    return args.objective == "kd+coverage" and args.coverage_view == "stage" and args.coverage_weight > 0
 
 
 def bounds_reached(ab: Tuple[float, float], log_box: Tuple[float, float]) -> Dict[str, str]:
@@ -255,7 +249,7 @@ def _learn_beta_policy(
     val = stratified_subsample(np.sort(val_indices), labels, args.val_subsample, rng)
     if coverage is not None and (coverage.ndim != 2 or coverage.shape[0] != n):
         raise ValueError(f"coverage must be an (n, k) array with n = {n} rows, got shape {coverage.shape}.")
-    if coverage is None and uses_stage_view(args):
+    if coverage is None and args.uses_stage_view:
         raise ValueError(
             "coverage_view='stage' (policy_coverage_view) needs the teacher's middle-stage view of every row as "
             "`coverage`: `TeacherOutputs.coverage`, computed by `compute_teacher_outputs(coverage_stage=True)` (the "

@@ -34,7 +34,6 @@ from scipy.special import betaln, logsumexp
 
 from .config import MAX_AB, MIN_AB, PolicyReduction, PrunerConfig, PrunerStages
 from .policy import BetaPolicy, rank_positions
-from .policy_learning import uses_stage_view
 from .policy_scale import learn_beta_policy_at_scale
 from .selection import check_ratio, class_rows, gumbel_top_k, num_kept, select_per_class, top_k
 
@@ -561,7 +560,7 @@ class IFBeta(PruningMethod):
             result = learn_beta_policy_at_scale(
                 outputs.features, outputs.logits, outputs.labels, u, ratio, context.val_indices,
                 loss=context.stages.loss, policy_args=policy_args, seed=seed, device=context.device,
-                coverage=outputs.coverage if uses_stage_view(policy_args) else None,
+                coverage=outputs.coverage if policy_args.uses_stage_view else None,
             )  # fmt: skip
             policy = result.policy
             record = dict(

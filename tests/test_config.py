@@ -99,3 +99,11 @@ def test_stage_arguments_are_frozen_and_checked():
 
 def test_an_unknown_method_is_left_to_the_pruner():
     assert PrunerConfig(method="not-registered").method == "not-registered"  # the registry is not imported here
+
+
+def test_the_stage_view_is_computed_only_when_the_objective_weighs_it():
+    stage = dict(policy_objective="kd+coverage", policy_coverage_view="stage")
+    assert PrunerConfig(**stage).stages().teacher_pass.coverage_stage
+    assert PrunerConfig(**stage).stages().policy.uses_stage_view
+    weightless = PrunerConfig(**stage, policy_coverage_weight=0.0).stages()
+    assert not weightless.teacher_pass.coverage_stage and not weightless.policy.uses_stage_view

@@ -3,6 +3,8 @@
     hf-ifbeta-prune --teacher cifar10_resnet56 --teacher_checkpoint ../shared/models/cifar10_resnet56.pt \\
         --dataset parquet --data_files ../shared/data/cifar10/train.parquet --image_column img \\
         --ratio 0.3 --output_dir out/cifar10-ifbeta-r0.3 --report    # + out/.../report.html to open in a browser
+
+`--preset NAME` starts from a named configuration of the policy's learning (`hf_ifbeta.config.PRESETS`).
 """
 
 import importlib.util
@@ -12,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .config import PrunerConfig
+from .config import PRESET_HELP, PrunerConfig, preset_defaults
 
 __all__ = ["PruneArguments", "load_image_dataset", "prune_main"]
 
@@ -91,7 +93,12 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
     from .selection import check_ratio
     from .pruner import DatasetPruner
 
-    parser = HfArgumentParser((PruneArguments, PrunerConfig))
+    parser = HfArgumentParser((PruneArguments, PrunerConfig), epilog=PRESET_HELP)
+    try:
+        preset, argv = preset_defaults(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        parser.error(str(err))
+    parser.set_defaults(**preset)
     args, config = parser.parse_args_into_dataclasses(args=argv)
     # Fail before the teacher pass, not after it.
     if args.push_to_hub and not args.repo_id:

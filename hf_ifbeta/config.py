@@ -5,9 +5,10 @@ argument objects each stage of the pruner takes (`TeacherPassArguments`, `losses
 `InfluenceArguments`, `PolicyArguments`), and their defaults are the config's defaults.
 """
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .influence import InfluenceArguments
 from .losses import ProxyLoss
@@ -21,6 +22,8 @@ __all__ = [
     "PrunerConfig",
     "PrunerStages",
     "TeacherPassArguments",
+    "PRESETS",
+    "preset_defaults",
 ]
 
 SCORE_TYPES = ("influence", "self-influence")
@@ -180,6 +183,53 @@ class PrunerStages:
     loss: ProxyLoss
     influence: InfluenceArguments
     policy: PolicyArguments
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Named configurations
+# --------------------------------------------------------------------------------------------------------------
+
+# The fields that define how the policy is learned. Every preset sets each of them, so that a preset keeps meaning
+# what it meant when results were made with it, whatever the defaults become.
+PRESET_FIELDS = (
+    "policy_objective", "policy_max_ab", "policy_coverage_view", "policy_coverage_weight", "policy_entropy_weight",
+)  # fmt: skip
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # The proxy's validation KD loss inside a, b in [0.5, 2]: the search ends on the box's corner Beta(2, 0.5).
+    "box2": dict(
+        policy_objective="kd", policy_max_ab=2.0, policy_coverage_view="projection", policy_coverage_weight=0.75,
+        policy_entropy_weight=0.0,
+    ),
+    # That loss mixed half and half with a coverage term on the teacher's middle stage, in a, b in [1/16, 16].
+    "stage-coverage": dict(
+        policy_objective="kd+coverage", policy_max_ab=16.0, policy_coverage_view="stage", policy_coverage_weight=0.5,
+        policy_entropy_weight=3e-4,
+    ),
+}  # fmt: skip
+
+
+def _preset(name: str) -> Dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}. Choose between {sorted(PRESETS)}.")
+    return dict(PRESETS[name])
+
+
+def preset_defaults(argv: Sequence[str]) -> Tuple[Dict[str, Any], List[str]]:
+    """`--preset NAME` taken out of a command line: (the preset's `PrunerConfig` fields, the other arguments).
+
+    Meant for `HfArgumentParser.set_defaults`, so that fields given on the command line still win over the preset.
+    Without `--preset`: ({}, the arguments unchanged).
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--preset", default=None)
+    known, rest = parser.parse_known_args(list(argv))
+    return ({} if known.preset is None else _preset(known.preset)), rest
+
+
+PRESET_HELP = (
+    f"--preset {{{','.join(sorted(PRESETS))}}}: start from a named configuration of the policy's learning "
+    "(`hf_ifbeta.config.PRESETS`); fields given on the command line override it."
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -426,6 +476,14 @@ class PrunerConfig:
             ),
             policy=policy,
         )  # fmt: skip
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "PrunerConfig":
+        """The config of a named configuration (`PRESETS`), with `overrides` applied to any field.
+
+        Example: `PrunerConfig.from_preset("box2", image_column="img")`.
+        """
+        return cls(**{**_preset(name), **overrides})
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -87,3 +87,28 @@ def test_bad_ratio_fails_before_the_teacher_pass(parquet_and_checkpoint, tmp_pat
             "--teacher", "cifar10_resnet20", "--teacher_checkpoint", str(root / "teacher.pt"), "--dataset", "parquet",
             "--data_files", str(root / "train.parquet"), "--ratio", "1.5", "--output_dir", str(tmp_path / "x"),
         ])
+
+
+def test_preset_sets_the_policy_fields_and_flags_given_win(parquet_and_checkpoint, tmp_path, monkeypatch, capsys):
+    from hf_ifbeta.config import PRESETS
+
+    root = parquet_and_checkpoint
+    seen = []
+
+    def stop(self, ds):
+        seen.append(self.config)
+        raise KeyboardInterrupt  # stop before the teacher pass: the config is what is checked
+
+    monkeypatch.setattr(hf_ifbeta.pruner.DatasetPruner, "teacher_outputs", stop)
+    common = ["--teacher", "cifar10_resnet20", "--teacher_checkpoint", str(root / "teacher.pt"), "--dataset", "parquet",
+              "--data_files", str(root / "train.parquet"), "--output_dir", str(tmp_path / "x")]  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        prune_main([*common, "--preset", "stage-coverage", "--policy_max_ab", "8"])
+    config = seen[-1]
+    assert config.policy_max_ab == 8.0
+    assert {k: getattr(config, k) for k in PRESETS["stage-coverage"] if k != "policy_max_ab"} == {
+        k: v for k, v in PRESETS["stage-coverage"].items() if k != "policy_max_ab"
+    }
+    with pytest.raises(SystemExit):
+        prune_main([*common, "--preset", "box3"])
+    assert "Unknown preset 'box3'" in capsys.readouterr().err

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from hf_ifbeta.config import (
+    PRESET_FIELDS,
+    PRESETS,
     PolicyArguments,
     PolicyReduction,
     PrunerConfig,
     TeacherPassArguments,
+    preset_defaults,
 )
 from hf_ifbeta.influence import InfluenceArguments, influence_scores
 from hf_ifbeta.losses import ProxyLoss
@@ -107,3 +110,41 @@ def test_the_stage_view_is_computed_only_when_the_objective_weighs_it():
     assert PrunerConfig(**stage).stages().policy.uses_stage_view
     weightless = PrunerConfig(**stage, policy_coverage_weight=0.0).stages()
     assert not weightless.teacher_pass.coverage_stage and not weightless.policy.uses_stage_view
+
+
+# ----------------------------------------------------------------------------- named configurations
+def test_box2_is_todays_default():
+    assert PrunerConfig.from_preset("box2") == PrunerConfig()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_pins_every_field_that_defines_the_policy_learning(name):
+    assert set(PRESETS[name]) == set(PRESET_FIELDS)
+    config = PrunerConfig.from_preset(name)
+    assert {k: getattr(config, k) for k in PRESET_FIELDS} == PRESETS[name]
+
+
+def test_stage_coverage_preset_asks_the_teacher_pass_for_the_stage_view():
+    stages = PrunerConfig.from_preset("stage-coverage").stages()
+    assert stages.teacher_pass.coverage_stage and stages.policy.uses_stage_view
+    assert stages.policy.max_ab == 16.0
+
+
+def test_overrides_win_over_the_preset_and_the_preset_is_not_changed():
+    config = PrunerConfig.from_preset("stage-coverage", policy_max_ab=8.0, image_column="img")
+    assert (config.policy_max_ab, config.image_column, config.policy_coverage_view) == (8.0, "img", "stage")
+    assert PRESETS["stage-coverage"]["policy_max_ab"] == 16.0
+
+
+def test_an_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown preset 'box3'.*'box2'"):
+        PrunerConfig.from_preset("box3")
+    with pytest.raises(ValueError, match="Unknown preset 'box3'"):
+        preset_defaults(["--preset", "box3"])
+
+
+@pytest.mark.parametrize("argv", [["--ratio", "0.3", "--preset", "box2"], ["--preset=box2", "--ratio", "0.3"]])
+def test_preset_defaults_takes_the_preset_out_of_the_command_line(argv):
+    defaults, rest = preset_defaults(argv)
+    assert defaults == PRESETS["box2"] and rest == ["--ratio", "0.3"]
+    assert preset_defaults(["--ratio", "0.3"]) == ({}, ["--ratio", "0.3"])

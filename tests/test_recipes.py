@@ -30,7 +30,7 @@ def run_recipe(args, launcher=(sys.executable,), timeout=600):
 def test_help_explains_every_flag():
     proc = run_recipe([RECIPES / "distill_cifar.py", "--help"])
     flags = ("--prune_ratio", "--teacher_checkpoint", "--alpha", "--temperature", "--outer_steps", "--l2", "--num_train_epochs",
-             "--scale_lr", "--tie_policy_budget")  # fmt: skip
+             "--scale_lr", "--tie_policy_budget", "--preset")  # fmt: skip
     for flag in flags:
         assert flag in proc.stdout
     assert "Fraction of the training rows to remove" in proc.stdout  # flags carry their help text
@@ -78,6 +78,21 @@ def test_learning_rate_and_policy_budget_follow_the_world_size(pipeline, monkeyp
     assert training_args.learning_rate == pytest.approx(0.1 * world_size)
     assert (pruner_config.inner_batch_size, pruner_config.inner_epochs) == (256 * world_size, 100.0)
     assert pruner_config.fit_subsample == 32_768 and pruner_config.num_workers == 8
+
+
+def test_a_preset_sets_the_pruner_and_flags_given_win(pipeline, tmp_path):
+    import distill_imagenet
+
+    from hf_ifbeta.config import PRESETS
+
+    argv = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--preset", "stage-coverage", "--policy_entropy_weight", "0"]
+    args, pruner_config, training_args = pipeline.parse_args(
+        argv, pruner_defaults=distill_imagenet.IMAGENET_PRUNER_DEFAULTS, **distill_imagenet.IMAGENET_DEFAULTS
+    )
+    assert pruner_config.policy_coverage_view == "stage" and pruner_config.policy_max_ab == PRESETS["stage-coverage"]["policy_max_ab"]
+    assert pruner_config.policy_entropy_weight == 0.0
+    assert pruner_config.features_dtype == "float16"  # the recipe's own settings stay
+    assert training_args.output_dir == str(tmp_path)
 
 
 def test_teacher_accuracy_is_one_plain_pass(pipeline, tmp_path):

@@ -16,16 +16,19 @@ methods' seed means. The same for variants of the outer objective that the metho
   (the teacher's logits are a linear function of its features, so the default proxy can reproduce them);
 - `scarce1500`: a data-scarce proxy: only the kept rows inside a stratified 1,500-row subsample train it;
 - `layer1`, `layer2`, `layer2_2x2`: the proxy on a fixed weak view, the standardised pooled outputs of an earlier
-  stage of the teacher (16, 32 and 2 x 2 x 32 dims; `benchmarks/stage_features.py` computes them).
+  stage of the teacher (16, 32 and 2 x 2 x 32 dims; `benchmarks/stage_features.py` computes them);
+- `pilot` (and `pilot_err`, from the same run): a short run of the real student, the sweep's ResNet-20 and
+  recipe for `--pilot_steps` steps on the kept rows (V left out), then its cross-entropy (top-1 error) on V.
 
 And a selection-bias check: influence scored on one half of V, the policies' subsets evaluated on that half
 and on the other (is the proxy's liking for top-influence rows an artefact of scoring and evaluating on the
 same slice?). Written to `benchmarks/results/proxy_vs_students_<profile>.json`.
 
     python benchmarks/proxy_vs_students.py [--profile cpu]
+    python benchmarks/proxy_vs_students.py --variants pilot --seeds 0     # the costly pilot, on one seed's cells
 
 Uses the cached teacher pass (refuses to start a 50,000-row teacher pass unless --allow_teacher_pass) and
-one CPU thread; about 10 s per cell plus each method's scoring once.
+one CPU thread; about 10 s per cell plus each method's scoring once (the pilot: about 0.5 s per step).
 """
 
 import argparse
@@ -35,7 +38,10 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+import math
+
 import numpy as np
+import timm
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +53,17 @@ from proxy_calibration import _spearman, load_inputs  # noqa: E402
 
 from hf_ifbeta.files import atomic_write  # noqa: E402
 from hf_ifbeta.influence import influence_scores  # noqa: E402
+from hf_ifbeta.losses import kd_loss  # noqa: E402
 from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions  # noqa: E402
 from hf_ifbeta.policy_learning import standardised  # noqa: E402
 from hf_ifbeta.selection import stratified_subsample  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
+from hf_ifbeta.transforms import PadCropFlip, model_data_config  # noqa: E402
 
 
 VARIANTS = ("default", "weak16", "scarce1500")
 STAGE_VARIANTS = ("layer1", "layer2", "layer2_2x2")
+PILOT_VARIANTS = ("pilot", "pilot_err")  # one short student run per cell gives both
 COVERAGE = ("weak16", *STAGE_VARIANTS)  # the terms mixed with the default
 MIX_WEIGHTS = (0.25, 0.5, 0.75)
 PAIR_APART = 0.5  # points of top-1 between two methods' means below which their order is seed noise
@@ -87,6 +96,63 @@ class OuterObjective:
     def __call__(self, kept: np.ndarray) -> float:
         rows = self.position[np.asarray(kept)]
         return self.objective.subset_loss(rows[rows >= 0])  # rows of V (or outside the subsample) do not train it
+
+
+class Pilot:
+    """A short run of the sweep's student on a cell's kept rows (V left out), judged on V.
+
+    The sweep's student, optimiser and one-cycle schedule (`kd_sweep.PROFILES`), squeezed into `steps` steps, on
+    the kept rows pad-crop-flipped, with the sweep's KD loss against the teacher's logits of the un-augmented rows
+    (the teacher pass's), so that no teacher forward runs. Every cell starts from the same weights and draws its
+    batches and crops from the same seeds, so that cells differ by their rows, not by their luck.
+    """
+
+    def __init__(self, inputs, pixels: np.ndarray, steps: int, profile: str = "cpu", student: str = "cifar10_resnet20"):
+        self.labels, self.logits = inputs["labels"], inputs["logits"]
+        self.val = np.sort(inputs["val_indices"])
+        if pixels.shape[0] != self.labels.size:
+            raise ValueError(f"{pixels.shape[0]} decoded images for {self.labels.size} teacher-pass rows.")
+        self.pixels, self.steps, self.cfg, self.student = pixels, steps, kd_sweep.PROFILES[profile], student
+        data = model_data_config(timm.create_model(student, num_classes=int(self.labels.max()) + 1))
+        self.augment = PadCropFlip(data["input_size"][-1], data["mean"], data["std"])
+
+    def _batch(self, rows: np.ndarray, rng=None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(self.pixels[rows]))
+        if rng is None:
+            return self.augment.normalize(x)
+        offsets = rng.integers(0, 2 * self.augment.padding + 1, (rows.size, 2))
+        return self.augment.apply(x, offsets, rng.random(rows.size) < 0.5)
+
+    def __call__(self, kept: np.ndarray) -> Dict[str, float]:
+        rows = np.setdiff1d(np.asarray(kept), self.val)
+        batch = self.cfg["batch_size"]
+        torch.manual_seed(0)
+        model = timm.create_model(self.student, num_classes=int(self.labels.max()) + 1)
+        opt = torch.optim.SGD(model.parameters(), lr=self.cfg["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg["lr"], total_steps=self.steps)
+        rng = np.random.default_rng(0)
+        order = np.concatenate([rng.permutation(rows) for _ in range(math.ceil(self.steps * batch / rows.size))])
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg["precision"] == "bf16")
+        model.train()
+        for step in range(self.steps):
+            idx = order[step * batch : (step + 1) * batch]
+            with autocast:
+                out = model(self._batch(idx, rng))
+            loss, _, _ = kd_loss(out.float(), torch.from_numpy(self.logits[idx]), torch.from_numpy(self.labels[idx]),
+                                 alpha=kd_sweep.ALPHA, temperature=kd_sweep.TAU)  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+        model.eval()
+        ce, wrong = 0.0, 0
+        with torch.no_grad(), autocast:
+            for start in range(0, self.val.size, 1000):
+                idx = self.val[start : start + 1000]
+                out, y = model(self._batch(idx)).float(), torch.from_numpy(self.labels[idx])
+                ce += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
+                wrong += int((out.argmax(-1) != y).sum())
+        return {"pilot": ce / self.val.size, "pilot_err": wrong / self.val.size}
 
 
 def selection_bias_check(inputs, epochs: int, ratios=(0.3, 0.5, 0.7), seeds=(0, 1)) -> Dict:
@@ -149,15 +215,18 @@ def mixed(summary: List[Dict], weight: float, coverage: str = "weak16") -> List[
 
 
 def summarise(cells: List[Dict], variant: str) -> List[Dict]:
-    """Per ratio: Spearman of (-proxy loss) with top-1 over cells and over method means."""
-    cells = [dict(c, proxy_loss=c["proxy_loss"][variant]) for c in cells]
+    """Per ratio: Spearman of (-proxy loss) with top-1 over the cells the variant scored and over method means.
+
+    A method's student mean is over all its cells; its objective mean over those the variant scored (all, or the
+    seeds a costly variant was asked for), so that the students' order is the same for every variant."""
+    scored = [dict(c, proxy_loss=c["proxy_loss"][variant]) for c in cells if variant in c["proxy_loss"]]
     out = []
-    for ratio in sorted({c["ratio"] for c in cells}):
-        rows = [c for c in cells if c["ratio"] == ratio]
+    for ratio in sorted({c["ratio"] for c in scored}):
+        rows = [c for c in scored if c["ratio"] == ratio]
         methods = sorted({c["method"] for c in rows})
         means = {
             m: (np.mean([c["proxy_loss"] for c in rows if c["method"] == m]),
-                np.mean([c["test_top1"] for c in rows if c["method"] == m]))
+                np.mean([c["test_top1"] for c in cells if c["ratio"] == ratio and c["method"] == m]))
             for m in methods
         }  # fmt: skip
         out.append({
@@ -181,8 +250,10 @@ def main(argv=None):
     parser.add_argument(
         "--summarise", action="store_true", help="recompute the summaries from the cells already in the JSON only"
     )
+    parser.add_argument("--pilot_steps", type=int, default=300, help="steps of the `pilot` variant's student run")
+    parser.add_argument("--seeds", type=int, nargs="+", help="with --variants: score only the cells of these seeds")
     parser.add_argument(
-        "--variants", nargs="+", choices=VARIANTS + STAGE_VARIANTS,
+        "--variants", nargs="+", choices=VARIANTS + STAGE_VARIANTS + PILOT_VARIANTS[:1],
         help="score only these variants and add them to the saved cells (same method, ratio and seed); default: "
         f"{' '.join(VARIANTS)} on every cell, written afresh",
     )  # fmt: skip
@@ -203,6 +274,10 @@ def main(argv=None):
     if args.variants:  # only the cells already scored, so that every variant sees the same cells
         scored = {(c["method"], c["ratio"], c["seed"]) for c in saved["cells"]}
         results = [r for r in results if (r["method"], r["ratio"], r["seed"]) in scored]
+    if args.seeds:
+        if not args.variants:
+            sys.exit("--seeds adds a variant to some cells: give --variants too.")
+        results = [r for r in results if r["seed"] in args.seeds]
     if not results:
         sys.exit(f"No finished pruning cells in kd_sweep_{args.profile}.jsonl yet.")
     inputs, _ = load_inputs(args.allow_teacher_pass)
@@ -210,7 +285,9 @@ def main(argv=None):
         inputs["stages"] = load_stages(inputs)
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
     ratios = sorted({r["ratio"] for r in results})
-    objectives = {(v, ratio): OuterObjective(inputs, v, ratio, epochs) for v in variants for ratio in ratios}
+    proxies = [v for v in variants if v not in PILOT_VARIANTS]
+    objectives = {(v, ratio): OuterObjective(inputs, v, ratio, epochs) for v in proxies for ratio in ratios}
+    pilot = Pilot(inputs, load_pixels(inputs), args.pilot_steps, args.profile) if "pilot" in variants else None
     pruning = kd_sweep.Pruning(kd_sweep.load_teacher())
 
     cells = []
@@ -223,7 +300,9 @@ def main(argv=None):
             continue
         if len(kept) != r["kept"]:
             raise RuntimeError(f"cell {kd_sweep.cell_key(r)}: rebuilt {len(kept)} rows, the sweep kept {r['kept']}.")
-        losses = {v: objectives[(v, r["ratio"])](kept) for v in variants}
+        losses = {v: objectives[(v, r["ratio"])](kept) for v in proxies}
+        if pilot is not None:
+            losses.update(pilot(kept))
         cells.append({
             "method": r["method"], "ratio": r["ratio"], "seed": r["seed"], "test_top1": r["test_top1"],
             "proxy_loss": losses, "seconds": time.perf_counter() - t0,
@@ -277,9 +356,21 @@ def load_stages(inputs) -> Dict[str, np.ndarray]:
     return {v: saved[v] for v in STAGE_VARIANTS}
 
 
+def load_pixels(inputs) -> np.ndarray:
+    """The CIFAR-10 training images as uint8 (n, 3, 32, 32), decoded once (`decoded_images`, the sweep's cache),
+    checked to be the teacher pass's rows."""
+    from hf_ifbeta.decoded import decoded_images
+
+    setting = kd_sweep.SETTINGS["cifar10"]
+    train = kd_sweep.load_parquet({"train": setting.train_file, "test": setting.test_file})["train"]
+    if not np.array_equal(np.asarray(train[setting.label_column]), inputs["labels"]):
+        raise ValueError("The training parquet holds the rows in another order than the teacher pass.")
+    return decoded_images(train, setting.image_column, 32)
+
+
 def write(cells: List[Dict], bias: Dict, epochs: int, path: Path) -> None:
     """Summaries per variant and ratio (plus the default/weak16 mixes), printed and written with the cells."""
-    present = [v for v in VARIANTS + STAGE_VARIANTS if all(v in c["proxy_loss"] for c in cells)]
+    present = [v for v in VARIANTS + STAGE_VARIANTS + PILOT_VARIANTS if any(v in c["proxy_loss"] for c in cells)]
     summary = [s for v in present for s in summarise(cells, v)]
     summary += [s for c in COVERAGE if c in present for w in MIX_WEIGHTS for s in mixed(summary, w, c)]
     fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"  # noqa: E731

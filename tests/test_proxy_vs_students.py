@@ -64,6 +64,12 @@ def test_summarise_ranks_lower_loss_as_better_per_variant():
     assert default["method_means"]["if-beta"] == {"proxy_loss": 1.0, "test_top1": pytest.approx(82.05)}
     (weak,) = pvs.summarise(cells, "weak16")
     assert weak["spearman_methods"] == pytest.approx(-1.0)
+    for c in cells:  # a costly variant scored on seed 0 only: its students' means stay those of every seed
+        if c["seed"] == 0:
+            c["proxy_loss"]["pilot"] = c["proxy_loss"]["default"]
+    (pilot,) = pvs.summarise(cells, "pilot")
+    assert pilot["cells"] == 3 and pilot["spearman_methods"] == pytest.approx(1.0)
+    assert pilot["method_means"]["if-beta"] == {"proxy_loss": 1.0, "test_top1": pytest.approx(82.05)}
 
 
 def test_pair_agreement_counts_only_pairs_further_apart_than_seed_noise():
@@ -92,3 +98,23 @@ def test_mixed_weights_each_term_relative_to_random():
     assert stage_mix["variant"] == "mix@0.25+layer2"
     assert stage_mix["method_means"]["topk"]["proxy_loss"] == pytest.approx(0.25 * 0.5 + 0.75 * 0.5)
     assert pvs.mixed(rows[:1], 0.5, "layer2") == []  # no coverage term scored: no mix
+
+
+def test_pilot_is_a_short_student_run_on_the_kept_rows_outside_v(inputs):
+    n = inputs["labels"].size
+    rng = np.random.default_rng(1)
+    # class-coloured images, so that a few steps already separate the classes
+    pixels = rng.integers(0, 60, (n, 3, 32, 32), dtype=np.uint8)
+    for c in range(3):
+        pixels[inputs["labels"] == c, c] += 150
+    pilot = pvs.Pilot(inputs, pixels, steps=4)
+    train = np.setdiff1d(np.arange(n), inputs["val_indices"])
+    kept = train[::2]
+    first = pilot(kept)
+    assert set(first) == set(pvs.PILOT_VARIANTS) and first["pilot"] > 0 and 0 <= first["pilot_err"] <= 1
+    assert pilot(kept) == first  # same weights, batches and crops for every cell: reruns agree exactly
+    with_v = np.sort(np.concatenate([kept, inputs["val_indices"][:50]]))
+    assert pilot(with_v) == first  # rows of V never train it
+    assert pilot(train[1::2])["pilot"] != first["pilot"]  # another subset, another run
+    with pytest.raises(ValueError, match="decoded images"):
+        pvs.Pilot(inputs, pixels[:10], steps=4)

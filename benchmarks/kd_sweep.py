@@ -262,7 +262,8 @@ def read_results(path: Path) -> List[Dict]:
 
 def parse_method(method: str):
     """`"if-beta@policy_max_ab=2,inner_epochs=5"` -> ("if-beta", {"policy_max_ab": 2.0, "inner_epochs": 5.0}):
-    an ablation is a method name plus PrunerConfig overrides, and is its own row of the table."""
+    an ablation is a method name plus PrunerConfig overrides (`preset="<name>"` starts from a named configuration),
+    and is its own row of the table."""
     name, _, spec = method.partition("@")
     overrides = {}
     for item in filter(None, spec.split(",")):
@@ -280,7 +281,7 @@ class Pruning:
         self.results = {}
 
     def select(self, method: str, ratio: float, seed: int):
-        from hf_ifbeta import DatasetPruner
+        from hf_ifbeta import DatasetPruner, PrunerConfig
 
         if self.train is None:
             self.train = Context().data(self.setting)[0]
@@ -290,9 +291,11 @@ class Pruning:
             a, b = learned_policy(learned_by, ratio, seed)
             overrides.update(policy_a=a, policy_b=b)
             key = (method, ratio, seed)
+        preset = overrides.pop("preset", None)  # a named configuration (`hf_ifbeta.config.PRESETS`), other fields on top
         if key not in self.results:
             pruner = DatasetPruner(
-                self.teacher, image_column=self.setting.image_column, label_column=self.setting.label_column,
+                self.teacher, PrunerConfig.from_preset(preset) if preset else None,
+                image_column=self.setting.image_column, label_column=self.setting.label_column,
                 method=name, **{"teacher_precision": self.setting.teacher_precision, **overrides},
             )
             self.results[key] = pruner.score(self.train)

@@ -80,7 +80,8 @@ def test_a_learned_policy_label_fixes_the_policy_per_ratio_and_seed(monkeypatch)
     made = []
 
     class FakePruner:
-        def __init__(self, teacher, **kwargs):
+        def __init__(self, teacher, config=None, **kwargs):
+            assert config is None
             made.append(kwargs)
             self.kwargs = kwargs
 
@@ -155,3 +156,29 @@ def test_learned_policy_reads_the_seed_and_ratio_and_is_uniform_after_a_fallback
     monkeypatch.setitem(kd_sweep.LEARNED_POLICIES, "mine", "other")
     with pytest.raises(KeyError, match=r"No --product run 'other'.*\['run'\]"):
         kd_sweep.learned_policy("mine", 0.7, 0, path)
+
+
+def test_a_preset_label_starts_from_the_named_configuration(monkeypatch):
+    """`if-beta@preset="stage-coverage",policy_max_ab=8` prunes with that preset's config, the other fields on top."""
+    made = []
+
+    class FakePruner:
+        def __init__(self, teacher, config=None, **kwargs):
+            from hf_ifbeta import PrunerConfig
+
+            made.append(PrunerConfig(**{**(config or PrunerConfig()).to_dict(), **kwargs}))
+
+        def score(self, train):
+            return type("Result", (), {"select_indices": lambda self, ratio, seed: np.arange(3), "policy": {}, "timings": {}})()
+
+    import hf_ifbeta
+    from hf_ifbeta.config import PRESETS
+
+    monkeypatch.setattr(hf_ifbeta, "DatasetPruner", FakePruner)
+    pruning = kd_sweep.Pruning(teacher=None, train=[0, 1, 2])
+    pruning.select('if-beta@preset="stage-coverage",policy_max_ab=8', 0.3, 0)
+    config = made[-1]
+    assert (config.policy_coverage_view, config.policy_coverage_weight) == ("stage", PRESETS["stage-coverage"]["policy_coverage_weight"])
+    assert config.policy_max_ab == 8.0 and config.method == "if-beta"
+    pruning.select("if-beta", 0.3, 0)
+    assert made[-1].policy_coverage_view == hf_ifbeta.PrunerConfig().policy_coverage_view

@@ -23,6 +23,8 @@ DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- sweep-table:start -->", "<!-- sweep-table:end -->"
 SETTINGS_START, SETTINGS_END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 BASE_SETTING = "cifar10"  # cells without a setting: the sweep before settings existed
+# Configurations that could replace the default (`if-beta`), compared with it seed by seed.
+DEFAULT_CANDIDATES = ('if-beta@policy_learned_by="stage2x2"',)
 ORDER = ["if-beta", "influence", "random", "el2n", "entropy", "ccs", "moderate", "dual-beta", "self-influence"]
 
 
@@ -157,6 +159,47 @@ def verdict(summary, ratios=(0.3, 0.5, 0.7), margin=0.5):
             "meets": complete and all(d >= 0 for d in diffs.values()) and average >= margin,
         })
     return out
+
+
+def versus_default(rows, candidates=DEFAULT_CANDIDATES, base="if-beta", ratios=(0.3, 0.5, 0.7)):
+    """Per candidate and ratio: its mean paired difference to the default `base` over the seeds both have, with the
+    95 % interval; and whether it is level or better in mean at every ratio."""
+    top1 = {(r["method"], r["ratio"], r["seed"]): r["test_top1"] for r in rows}
+    out = []
+    for method in candidates:
+        diffs = {}
+        for ratio in ratios:
+            seeds = sorted(s for (m, q, s) in top1 if m == method and q == ratio and (base, ratio, s) in top1)
+            if seeds:
+                mean, low, high = paired_interval([top1[(method, ratio, s)] - top1[(base, ratio, s)] for s in seeds])
+                diffs[ratio] = {"mean": mean, "ci95": None if low is None else [low, high], "seeds": seeds}
+        if diffs:
+            complete = len(diffs) == len(ratios)
+            out.append({"method": method, "base": base, "diff": diffs,
+                        "average": float(np.mean([d["mean"] for d in diffs.values()])) if complete else None,
+                        "level_at_every_ratio": complete and all(d["mean"] >= 0 for d in diffs.values())})  # fmt: skip
+    return out
+
+
+def versus_default_table(rows, ratios=(0.3, 0.5, 0.7)) -> str:
+    if not rows:
+        return ""
+    lines = [
+        f"Candidates for the default, minus `{rows[0]['base']}` on the same seeds: mean paired difference [95 % CI] "
+        "(seeds).",
+        "",
+        "| candidate | " + " | ".join(f"ratio {r}" for r in ratios) + " | average | level or better at every ratio |",
+        "| --- |" + " --- |" * (len(ratios) + 2),
+    ]
+    for v in rows:
+        cells = []
+        for r in ratios:
+            d = v["diff"].get(r)
+            ci = f" [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d and d["ci95"] else ""
+            cells.append(f"{d['mean']:+.2f}{ci} ({len(d['seeds'])})" if d else "–")
+        average = f"{v['average']:+.2f}" if v["average"] is not None else "incomplete"
+        lines.append(f"| {v['method']} | {' | '.join(cells)} | {average} | {'yes' if v['level_at_every_ratio'] else 'no'} |")
+    return "\n".join(lines)
 
 
 def verdict_table(rows, ratios=(0.3, 0.5, 0.7), margin=0.5) -> str:
@@ -341,13 +384,14 @@ def report(path):
     summary = summaries.get(BASE_SETTING, [])
     stem = path.with_suffix("")
     verdicts = verdict(summary)
+    candidates = versus_default(groups.get(BASE_SETTING, []))
     overview = settings_summary(summaries)
     Path(f"{stem}_summary.json").write_text(json.dumps(
-        {"cells": summary, "verdict": verdicts, "settings": summaries,
+        {"cells": summary, "verdict": verdicts, "versus_default": candidates, "settings": summaries,
          "if_beta_minus_random": {k: {str(r): v for r, v in row.items()} for k, row in overview.items()}},
         indent=2,
     ))
-    text = table(summary, profile) + "\n\n" + verdict_table(verdicts)
+    text = "\n\n".join(filter(None, [table(summary, profile), verdict_table(verdicts), versus_default_table(candidates)]))
     parts = [settings_table(overview)]
     if engine_check:
         parts.append(engine_table(groups.get(BASE_SETTING, []), engine_check))

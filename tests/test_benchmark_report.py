@@ -42,6 +42,21 @@ def test_summary_pairs_seeds_and_verdict_applies_the_criterion():
     assert extra["if-beta"]["diff_vs_random"] == verdicts["if-beta"]["diff_vs_random"]
 
 
+def test_candidates_for_the_default_are_paired_with_it_seed_by_seed():
+    rows = [cell("if-beta", r, s, 80.0 + s) for r in (0.3, 0.5, 0.7) for s in (0, 1, 2)]
+    rows += [cell("new", 0.3, s, 80.5 + s) for s in (0, 1)]  # seeds 0 and 1: +0.5 each
+    rows += [cell("new", 0.5, s, 79.0 + s + 0.2 * s) for s in (0, 1, 2)]  # -1.0, -0.8, -0.6
+    rows += [cell("new", 0.7, 0, 80.1)]
+    (v,) = report.versus_default(rows, candidates=("new", "absent"))
+    assert v["diff"][0.3]["mean"] == pytest.approx(0.5) and v["diff"][0.3]["seeds"] == [0, 1]
+    assert v["diff"][0.5]["mean"] == pytest.approx(-0.8) and v["diff"][0.5]["ci95"][1] < 0
+    assert v["diff"][0.7]["ci95"] is None  # one seed: no interval
+    assert v["average"] == pytest.approx((0.5 - 0.8 + 0.1) / 3) and not v["level_at_every_ratio"]
+    text = report.versus_default_table([v])
+    assert "| new | +0.50 [+0.50, +0.50] (2) | -0.80 [" in text and "| +0.10 (1) | -0.07 | no |" in text
+    assert report.versus_default_table([]) == ""
+
+
 def test_ablations_sort_after_the_registry_methods_by_name():
     methods = ["if-beta@l2=0.01", "random", "if-beta@a=1", "if-beta", "dual-beta"]
     assert sorted(methods, key=report._rank) == ["if-beta", "random", "dual-beta", "if-beta@a=1", "if-beta@l2=0.01"]

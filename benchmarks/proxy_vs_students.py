@@ -64,7 +64,7 @@ from hf_ifbeta.transforms import PadCropFlip, model_data_config  # noqa: E402
 VARIANTS = ("default", "weak16", "scarce1500")
 STAGE_VARIANTS = ("layer1", "layer2", "layer2_2x2")
 PILOT_VARIANTS = ("pilot", "pilot_err")  # one short student run per cell gives both
-COVERAGE = ("weak16", *STAGE_VARIANTS)  # the terms mixed with the default
+COVERAGE = ("weak16", *STAGE_VARIANTS, *PILOT_VARIANTS)  # the terms mixed with the default
 MIX_WEIGHTS = (0.25, 0.5, 0.75)
 PAIR_APART = 0.5  # points of top-1 between two methods' means below which their order is seed noise
 BETAS = {"random": (1.0, 1.0), "beta(2,1)": (2.0, 1.0), "beta(2,0.5)": (2.0, 0.5), "beta(8.6,0.18)": (8.6, 0.18)}

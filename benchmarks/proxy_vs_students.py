@@ -28,17 +28,16 @@ same slice?). Written to `benchmarks/results/proxy_vs_students_<profile>.json`.
     python benchmarks/proxy_vs_students.py --variants pilot --seeds 0     # the costly pilot, on one seed's cells
 
 Uses the cached teacher pass (refuses to start a 50,000-row teacher pass unless --allow_teacher_pass) and
-one CPU thread; about 10 s per cell plus each method's scoring once (the pilot: about 0.5 s per step).
+one CPU thread; about 10 s per cell plus each method's scoring once (the pilot: about a minute per cell).
 """
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
-
-import math
+from typing import Dict, List, Optional
 
 import numpy as np
 import timm
@@ -58,7 +57,7 @@ from hf_ifbeta.policy import BetaPolicy, PolicyObjective, rank_positions  # noqa
 from hf_ifbeta.policy_learning import standardised  # noqa: E402
 from hf_ifbeta.selection import stratified_subsample  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
-from hf_ifbeta.transforms import PadCropFlip, model_data_config  # noqa: E402
+from hf_ifbeta.transforms import train_transform  # noqa: E402
 
 
 VARIANTS = ("default", "weak16", "scarce1500")
@@ -101,10 +100,10 @@ class OuterObjective:
 class Pilot:
     """A short run of the sweep's student on a cell's kept rows (V left out), judged on V.
 
-    The sweep's student, optimiser and one-cycle schedule (`kd_sweep.PROFILES`), squeezed into `steps` steps, on
-    the kept rows pad-crop-flipped, with the sweep's KD loss against the teacher's logits of the un-augmented rows
-    (the teacher pass's), so that no teacher forward runs. Every cell starts from the same weights and draws its
-    batches and crops from the same seeds, so that cells differ by their rows, not by their luck.
+    The sweep's student, optimiser and one-cycle schedule (`kd_sweep.student_optimizer`), squeezed into `steps`
+    steps, on the kept rows pad-crop-flipped, with the sweep's KD loss against the teacher's logits of the
+    un-augmented rows (the teacher pass's), so that no teacher forward runs. Every cell starts from the same weights
+    and draws its batch order and crops from the same seed (the draws still depend on how many rows are kept).
     """
 
     def __init__(self, inputs, pixels: np.ndarray, steps: int, profile: str = "cpu", student: str = "cifar10_resnet20"):
@@ -113,8 +112,7 @@ class Pilot:
         if pixels.shape[0] != self.labels.size:
             raise ValueError(f"{pixels.shape[0]} decoded images for {self.labels.size} teacher-pass rows.")
         self.pixels, self.steps, self.cfg, self.student = pixels, steps, kd_sweep.PROFILES[profile], student
-        data = model_data_config(timm.create_model(student, num_classes=int(self.labels.max()) + 1))
-        self.augment = PadCropFlip(data["input_size"][-1], data["mean"], data["std"])
+        self.augment = train_transform(timm.create_model(student, num_classes=int(self.labels.max()) + 1))
 
     def _batch(self, rows: np.ndarray, rng=None) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(self.pixels[rows]))
@@ -125,11 +123,12 @@ class Pilot:
 
     def __call__(self, kept: np.ndarray) -> Dict[str, float]:
         rows = np.setdiff1d(np.asarray(kept), self.val)
+        if rows.size == 0:
+            raise ValueError("Every kept row is in the validation slice V: nothing to train the pilot on.")
         batch = self.cfg["batch_size"]
         torch.manual_seed(0)
         model = timm.create_model(self.student, num_classes=int(self.labels.max()) + 1)
-        opt = torch.optim.SGD(model.parameters(), lr=self.cfg["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg["lr"], total_steps=self.steps)
+        opt, schedule = kd_sweep.student_optimizer(model, self.cfg, self.steps)
         rng = np.random.default_rng(0)
         order = np.concatenate([rng.permutation(rows) for _ in range(math.ceil(self.steps * batch / rows.size))])
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg["precision"] == "bf16")
@@ -205,7 +204,7 @@ def mixed(summary: List[Dict], weight: float, coverage: str = "weak16") -> List[
         means = {
             m: {"proxy_loss": weight * d[m]["proxy_loss"] / d["random"]["proxy_loss"]
                 + (1 - weight) * w[m]["proxy_loss"] / w["random"]["proxy_loss"], "test_top1": d[m]["test_top1"]}
-            for m in d
+            for m in sorted(d.keys() & w.keys())
         }  # fmt: skip
         rho = _spearman([-v["proxy_loss"] for v in means.values()], [v["test_top1"] for v in means.values()])
         name = f"mix@{weight:g}" if coverage == "weak16" else f"mix@{weight:g}+{coverage}"
@@ -214,12 +213,14 @@ def mixed(summary: List[Dict], weight: float, coverage: str = "weak16") -> List[
     return out
 
 
-def summarise(cells: List[Dict], variant: str) -> List[Dict]:
+def summarise(cells: List[Dict], variant: str, scored_by: Optional[str] = None) -> List[Dict]:
     """Per ratio: Spearman of (-proxy loss) with top-1 over the cells the variant scored and over method means.
 
-    A method's student mean is over all its cells; its objective mean over those the variant scored (all, or the
-    seeds a costly variant was asked for), so that the students' order is the same for every variant."""
-    scored = [dict(c, proxy_loss=c["proxy_loss"][variant]) for c in cells if variant in c["proxy_loss"]]
+    A method's student mean is over all its cells; its objective mean over those the variant (and `scored_by`, when
+    given) scored: all, or the seeds a costly variant was asked for. So the students' order is the same for every
+    variant, and a mix takes both its terms from the same cells."""
+    scored = [dict(c, proxy_loss=c["proxy_loss"][variant]) for c in cells
+              if variant in c["proxy_loss"] and (scored_by is None or scored_by in c["proxy_loss"])]  # fmt: skip
     out = []
     for ratio in sorted({c["ratio"] for c in scored}):
         rows = [c for c in scored if c["ratio"] == ratio]
@@ -301,19 +302,25 @@ def main(argv=None):
         if len(kept) != r["kept"]:
             raise RuntimeError(f"cell {kd_sweep.cell_key(r)}: rebuilt {len(kept)} rows, the sweep kept {r['kept']}.")
         losses = {v: objectives[(v, r["ratio"])](kept) for v in proxies}
+        extra = {}
         if pilot is not None:
+            t1 = time.perf_counter()
             losses.update(pilot(kept))
+            extra = {"pilot_steps": pilot.steps, "pilot_seconds": time.perf_counter() - t1}
         cells.append({
             "method": r["method"], "ratio": r["ratio"], "seed": r["seed"], "test_top1": r["test_top1"],
-            "proxy_loss": losses, "seconds": time.perf_counter() - t0,
+            "proxy_loss": losses, "seconds": time.perf_counter() - t0, **extra,
         })  # fmt: skip
         print(f"{kd_sweep.cell_key(r):45s} student {r['test_top1']:.2f} %  proxy loss "
               + ", ".join(f"{v} {x:.5f}" for v, x in losses.items()), flush=True)  # fmt: skip
 
     if args.variants:
-        new = {(c["method"], c["ratio"], c["seed"]): c["proxy_loss"] for c in cells}
+        new = {(c["method"], c["ratio"], c["seed"]): c for c in cells}
         for c in saved["cells"]:
-            c["proxy_loss"].update(new.get((c["method"], c["ratio"], c["seed"]), {}))
+            scored = new.get((c["method"], c["ratio"], c["seed"]))
+            if scored is not None:
+                c["proxy_loss"].update(scored["proxy_loss"])
+                c.update({k: v for k, v in scored.items() if k.startswith("pilot_")})
         return write(saved["cells"], saved["selection_bias"], epochs, path)
     bias = selection_bias_check(inputs, epochs)
     write(cells, bias, epochs, path)
@@ -372,7 +379,9 @@ def write(cells: List[Dict], bias: Dict, epochs: int, path: Path) -> None:
     """Summaries per variant and ratio (plus the default/weak16 mixes), printed and written with the cells."""
     present = [v for v in VARIANTS + STAGE_VARIANTS + PILOT_VARIANTS if any(v in c["proxy_loss"] for c in cells)]
     summary = [s for v in present for s in summarise(cells, v)]
-    summary += [s for c in COVERAGE if c in present for w in MIX_WEIGHTS for s in mixed(summary, w, c)]
+    for c in (c for c in COVERAGE if c in present and "default" in present):
+        terms = summarise(cells, "default", scored_by=c) + [s for s in summary if s["variant"] == c]
+        summary += [s for w in MIX_WEIGHTS for s in mixed(terms, w, c)]
     fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"  # noqa: E731
     print("\n| outer objective | ratio | methods | rho over method means | pairs > 0.5 apart ordered as the students |")
     print("| --- | --- | --- | --- | --- |")

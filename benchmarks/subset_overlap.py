@@ -21,6 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kd_sweep  # noqa: E402
 
+from hf_ifbeta.files import atomic_write  # noqa: E402
+
 
 def overlaps(pruning, method: str, base: str, cells) -> dict:
     out = {}
@@ -50,7 +52,7 @@ def main(argv=None):
     path = kd_sweep.RESULTS / f"subset_overlap_{args.profile}.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     saved[f"{args.method} vs {args.base}"] = overlaps(pruning, args.method, args.base, cells)
-    path.write_text(json.dumps(saved, indent=1) + "\n")
+    atomic_write(path, lambda f: f.write((json.dumps(saved, indent=1) + "\n").encode()))
     print(f"wrote {path}")
 
 

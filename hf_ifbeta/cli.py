@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .config import PRESET_HELP, PrunerConfig, preset_defaults
+from .config import PRESET_HELP, PrunerConfig, apply_preset
 
 __all__ = ["PruneArguments", "load_image_dataset", "prune_main"]
 
@@ -94,11 +94,7 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
     from .pruner import DatasetPruner
 
     parser = HfArgumentParser((PruneArguments, PrunerConfig), epilog=PRESET_HELP)
-    try:
-        preset, argv = preset_defaults(sys.argv[1:] if argv is None else argv)
-    except ValueError as err:
-        parser.error(str(err))
-    parser.set_defaults(**preset)
+    argv = apply_preset(parser, sys.argv[1:] if argv is None else argv)
     args, config = parser.parse_args_into_dataclasses(args=argv)
     # Fail before the teacher pass, not after it.
     if args.push_to_hub and not args.repo_id:

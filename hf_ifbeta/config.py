@@ -8,7 +8,7 @@ argument objects each stage of the pruner takes (`TeacherPassArguments`, `losses
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from .influence import InfluenceArguments
 from .losses import ProxyLoss
@@ -23,7 +23,7 @@ __all__ = [
     "PrunerStages",
     "TeacherPassArguments",
     "PRESETS",
-    "preset_defaults",
+    "apply_preset",
 ]
 
 SCORE_TYPES = ("influence", "self-influence")
@@ -189,8 +189,8 @@ class PrunerStages:
 # Named configurations
 # --------------------------------------------------------------------------------------------------------------
 
-# The fields that define how the policy is learned. Every preset sets each of them, so that a preset keeps meaning
-# what it meant when results were made with it, whatever the defaults become.
+# The fields that tell the presets apart: how the outer objective judges a policy and how far the search may go.
+# Every preset sets each of them; the budget (inner_epochs, inner_batch_size) stays the user's or the recipe's.
 PRESET_FIELDS = (
     "policy_objective", "policy_max_ab", "policy_coverage_view", "policy_coverage_weight", "policy_entropy_weight",
 )  # fmt: skip
@@ -214,16 +214,33 @@ def _preset(name: str) -> Dict[str, Any]:
     return dict(PRESETS[name])
 
 
-def preset_defaults(argv: Sequence[str]) -> Tuple[Dict[str, Any], List[str]]:
-    """`--preset NAME` taken out of a command line: (the preset's `PrunerConfig` fields, the other arguments).
+def apply_preset(parser: argparse.ArgumentParser, argv: Sequence[str]) -> List[str]:
+    """Take `--preset NAME` (or `--preset=NAME`) out of `argv` and make that preset's fields `parser`'s defaults,
+    so that fields given on the command line still win over it, and the preset over defaults set earlier.
 
-    Meant for `HfArgumentParser.set_defaults`, so that fields given on the command line still win over the preset.
-    Without `--preset`: ({}, the arguments unchanged).
+    Returns the other arguments. A missing, unknown or repeated preset is a usage error of `parser`; with `-h`
+    the preset is left out, so help always prints.
     """
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--preset", default=None)
-    known, rest = parser.parse_known_args(list(argv))
-    return ({} if known.preset is None else _preset(known.preset)), rest
+    names, rest, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--preset":
+            if not args or args[0].startswith("-"):
+                parser.error(f"--preset needs a name: one of {sorted(PRESETS)}.")
+            names.append(args.pop(0))
+        elif arg.startswith("--preset="):
+            names.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    if not names or "-h" in rest or "--help" in rest:
+        return rest
+    if len(names) > 1:
+        parser.error(f"--preset given {len(names)} times ({', '.join(names)}): give one.")
+    try:
+        parser.set_defaults(**_preset(names[0]))
+    except ValueError as err:
+        parser.error(str(err))
+    return rest
 
 
 PRESET_HELP = (

@@ -24,7 +24,7 @@ from transformers import HfArgumentParser
 
 import hf_ifbeta
 from hf_ifbeta import DatasetPruner, DistillationTrainer, DistillationTrainingArguments, PrunerConfig
-from hf_ifbeta.config import PRESET_HELP, preset_defaults
+from hf_ifbeta.config import PRESET_HELP, apply_preset
 from hf_ifbeta.data import prepare_image_dataset
 from hf_ifbeta.models import load_model
 from hf_ifbeta.trainer import accuracy_metrics
@@ -84,11 +84,8 @@ def parse_args(argv=None, pruner_defaults=None, **defaults):
     pruner_parser = HfArgumentParser(
         PrunerConfig, description="Pruner settings (hf_ifbeta.PrunerConfig).", epilog=PRESET_HELP
     )
-    try:
-        preset, argv = preset_defaults(argv)
-    except ValueError as err:
-        pruner_parser.error(str(err))
-    pruner_parser.set_defaults(**{**(pruner_defaults or {}), **preset})
+    pruner_parser.set_defaults(**(pruner_defaults or {}))
+    argv = apply_preset(pruner_parser, argv)
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         pruner_parser.print_help()

@@ -112,3 +112,6 @@ def test_preset_sets_the_policy_fields_and_flags_given_win(parquet_and_checkpoin
     with pytest.raises(SystemExit):
         prune_main([*common, "--preset", "box3"])
     assert "Unknown preset 'box3'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prune_main([*common, "--preset", "box2", "--preset", "box2"])
+    assert "--preset given 2 times" in capsys.readouterr().err

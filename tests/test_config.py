@@ -13,7 +13,7 @@ from hf_ifbeta.config import (
     PolicyReduction,
     PrunerConfig,
     TeacherPassArguments,
-    preset_defaults,
+    apply_preset,
 )
 from hf_ifbeta.influence import InfluenceArguments, influence_scores
 from hf_ifbeta.losses import ProxyLoss
@@ -139,12 +139,40 @@ def test_overrides_win_over_the_preset_and_the_preset_is_not_changed():
 def test_an_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match=r"Unknown preset 'box3'.*'box2'"):
         PrunerConfig.from_preset("box3")
-    with pytest.raises(ValueError, match="Unknown preset 'box3'"):
-        preset_defaults(["--preset", "box3"])
 
 
-@pytest.mark.parametrize("argv", [["--ratio", "0.3", "--preset", "box2"], ["--preset=box2", "--ratio", "0.3"]])
-def test_preset_defaults_takes_the_preset_out_of_the_command_line(argv):
-    defaults, rest = preset_defaults(argv)
-    assert defaults == PRESETS["box2"] and rest == ["--ratio", "0.3"]
-    assert preset_defaults(["--ratio", "0.3"]) == ({}, ["--ratio", "0.3"])
+def parser():
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(PrunerConfig)
+
+
+@pytest.mark.parametrize("argv", [["--outer_steps", "3", "--preset", "stage-coverage"], ["--preset=stage-coverage", "--outer_steps", "3"]])
+def test_apply_preset_takes_the_preset_out_and_sets_it_as_the_defaults(argv):
+    p = parser()
+    rest = apply_preset(p, argv)
+    assert rest == ["--outer_steps", "3"]
+    (config,) = p.parse_args_into_dataclasses(args=rest + ["--policy_max_ab", "8"])
+    assert (config.outer_steps, config.policy_max_ab, config.policy_coverage_view) == (3, 8.0, "stage")  # given flags win
+    p = parser()
+    assert apply_preset(p, ["--outer_steps", "3"]) == ["--outer_steps", "3"]
+    assert p.parse_args_into_dataclasses(args=[])[0] == PrunerConfig()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "box3"], "Unknown preset 'box3'"),
+        (["--preset"], "--preset needs a name"),
+        (["--preset", "--outer_steps", "3"], "--preset needs a name"),
+        (["--preset", "box2", "--preset=stage-coverage"], "--preset given 2 times"),
+    ],
+)
+def test_a_bad_preset_is_a_usage_error_of_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        apply_preset(parser(), argv)
+    assert message in capsys.readouterr().err
+
+
+def test_help_prints_whatever_the_preset():
+    assert apply_preset(parser(), ["--preset", "box3", "-h"]) == ["-h"]

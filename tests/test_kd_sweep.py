@@ -182,3 +182,15 @@ def test_a_preset_label_starts_from_the_named_configuration(monkeypatch):
     assert config.policy_max_ab == 8.0 and config.method == "if-beta"
     pruning.select("if-beta", 0.3, 0)
     assert made[-1].policy_coverage_view == hf_ifbeta.PrunerConfig().policy_coverage_view
+
+
+def test_the_stage2x2_policies_were_learned_with_the_stage_coverage_preset():
+    """`LEARNED_POLICIES["stage2x2"]` names the landscape run whose (a, b) the sweep applies; its settings are the
+    preset's (the benchmark's precomputed `layer2_2x2` view standing for the pass's stage view)."""
+    from hf_ifbeta.config import PRESETS
+
+    items = dict(item.split("=", 1) for item in kd_sweep.LEARNED_POLICIES["stage2x2"].split())
+    assert items.pop("coverage") == "layer2_2x2"
+    preset = {k: v for k, v in PRESETS["stage-coverage"].items() if k != "policy_coverage_view"}
+    assert {k: json.loads(v) for k, v in items.items()} == preset
+    assert PRESETS["stage-coverage"]["policy_coverage_view"] == "stage"

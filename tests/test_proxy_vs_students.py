@@ -98,6 +98,18 @@ def test_mixed_weights_each_term_relative_to_random():
     assert stage_mix["variant"] == "mix@0.25+layer2"
     assert stage_mix["method_means"]["topk"]["proxy_loss"] == pytest.approx(0.25 * 0.5 + 0.75 * 0.5)
     assert pvs.mixed(rows[:1], 0.5, "layer2") == []  # no coverage term scored: no mix
+    rows.append(summary("pilot_err", {"random": 1.0}))  # a costly term scored on fewer methods
+    (partial,) = pvs.mixed(rows, 0.5, "pilot_err")
+    assert set(partial["method_means"]) == {"random"}
+
+
+def test_a_mix_takes_both_terms_from_the_cells_the_costly_term_scored():
+    cells = [{"method": m, "ratio": 0.5, "seed": seed, "test_top1": acc + seed,
+              "proxy_loss": {"default": loss + 10 * seed, **({"pilot_err": loss} if seed == 0 else {})}}
+             for seed in (0, 1) for m, loss, acc in (("random", 2.0, 80.0), ("topk", 1.0, 81.0))]  # fmt: skip
+    (default,) = pvs.summarise(cells, "default", scored_by="pilot_err")
+    assert default["cells"] == 2 and default["method_means"]["topk"]["proxy_loss"] == 1.0  # seed 0's loss only
+    assert default["method_means"]["topk"]["test_top1"] == pytest.approx(81.5)  # the students: every seed
 
 
 def test_pilot_is_a_short_student_run_on_the_kept_rows_outside_v(inputs):
@@ -118,3 +130,5 @@ def test_pilot_is_a_short_student_run_on_the_kept_rows_outside_v(inputs):
     assert pilot(train[1::2])["pilot"] != first["pilot"]  # another subset, another run
     with pytest.raises(ValueError, match="decoded images"):
         pvs.Pilot(inputs, pixels[:10], steps=4)
+    with pytest.raises(ValueError, match="Every kept row is in the validation slice"):
+        pilot(inputs["val_indices"][:20])

@@ -11,8 +11,8 @@ are functions of (seed, e, i) (`PadCropFlip.params`), as for the students.
 The state (model, optimiser, schedule, history) is saved in `--run_dir` at the end of every epoch and
 every `--save_steps` steps, atomically; rerunning the same command resumes where the last save left off
 (a different recipe in the same run_dir is refused). Each epoch ends with the test top-1. When the last
-epoch is done it writes the weights as `{"state_dict": ...}` (float32; loads with
-`hf_ifbeta.models.load_model("cifar10_resnet56", checkpoint=...)`) and a JSON record of the recipe,
+epoch is done it writes the weights as `{"state_dict": ...}` (float16, the accuracies recorded being those of
+these rounded weights; loads as float32 with `hf_ifbeta.models.load_model("cifar10_resnet56", checkpoint=...)`) and a JSON record of the recipe,
 accuracy per epoch, wall time and machine.
 
     python scripts/build_tiny_imagenet.py
@@ -295,6 +295,10 @@ def train(recipe: TeacherRecipe, run: RunArguments, log=print) -> Optional[Dict]
 
 def finish(recipe, run, model, progress, train_data, test_data, log) -> Dict:
     """Final float32 accuracies, the weights in the shared checkpoint format, and the JSON record."""
+    # float16 on disk (half the size, small enough for the repository); the model is rounded to those weights
+    # first, so that the accuracies recorded are the saved checkpoint's.
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
     model.eval()
     test_fp32 = evaluate(model, test_data, "fp32")
     # As many training rows as test rows (the rows are in a fixed random order): the whole split in float32
@@ -303,9 +307,9 @@ def finish(recipe, run, model, progress, train_data, test_data, log) -> Dict:
     train_fp32 = evaluate(model, head, "fp32")
     out_model = Path(run.output_model)
     out_model.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"state_dict": model.state_dict()}, out_model)  # float32: autocast leaves the weights as they are
+    save_atomic({"state_dict": weights}, out_model)
     size = out_model.stat().st_size
-    if size >= 4 * 2**20:
+    if size >= 2 * 2**20:
         log(f"warning: {out_model} is {size / 2**20:.1f} MiB, too large to commit")
     record = {
         "model": recipe.model,

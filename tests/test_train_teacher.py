@@ -81,6 +81,7 @@ def test_killed_run_resumes_to_the_same_weights(data, one_torch_thread):
     whole = torch.load(data / "whole" / "model.pt", weights_only=True)["state_dict"]
     again = torch.load(data / "killed" / "model.pt", weights_only=True)["state_dict"]
     assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+    assert {v.dtype for v in whole.values() if v.is_floating_point()} == {torch.float16}  # half the size on disk
     for key in ("train_loss", "test_top1", "lr_end"):
         assert [e[key] for e in record["epochs"]] == [e[key] for e in resumed["epochs"]]
     assert resumed["sessions"] == 2 and record["sessions"] == 1
@@ -88,7 +89,7 @@ def test_killed_run_resumes_to_the_same_weights(data, one_torch_thread):
     saved = json.loads(Path(run.output_results).read_text())
     assert saved["num_classes"] == 3 and len(saved["epochs"]) == 2 and saved["recipe"]["lr"] == 0.1
     model = load_model("cifar10_resnet20", checkpoint=run.output_model).eval()
-    assert model.num_classes == 3
+    assert model.num_classes == 3 and next(model.parameters()).dtype == torch.float32
     test = train_teacher.load_split(Path(run.test_file))
     assert train_teacher.evaluate(model, test, "fp32") == saved["test_top1_fp32"]
 

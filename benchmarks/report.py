@@ -161,23 +161,35 @@ def verdict(summary, ratios=(0.3, 0.5, 0.7), margin=0.5):
     return out
 
 
-def versus_default(rows, candidates=DEFAULT_CANDIDATES, base="if-beta", ratios=(0.3, 0.5, 0.7)):
+def versus_default(rows, candidates=DEFAULT_CANDIDATES, base="if-beta", ratios=(0.3, 0.5, 0.7), engine_check=()):
     """Per candidate and ratio: its mean paired difference to the default `base` over the seeds both have, with the
-    95 % interval; and whether it is level or better in mean at every ratio."""
-    top1 = {(r["method"], r["ratio"], r["seed"]): r["test_top1"] for r in rows}
-    out = []
-    for method in candidates:
+    95 % interval; and whether it is level or better in mean at every ratio. The same again (`same_engine`) over
+    the pairs whose base cell ran on the candidate's engine, from the trainer's reruns (`engine_check`)."""
+    cells = {(r["method"], r["ratio"], r["seed"], engine_of(r)): r["test_top1"] for r in [*rows, *engine_check]}
+
+    def compare(method, same_engine):
         diffs = {}
         for ratio in ratios:
-            seeds = sorted(s for (m, q, s) in top1 if m == method and q == ratio and (base, ratio, s) in top1)
-            if seeds:
-                mean, low, high = paired_interval([top1[(method, ratio, s)] - top1[(base, ratio, s)] for s in seeds])
-                diffs[ratio] = {"mean": mean, "ci95": None if low is None else [low, high], "seeds": seeds}
-        if diffs:
-            complete = len(diffs) == len(ratios)
-            out.append({"method": method, "base": base, "diff": diffs,
-                        "average": float(np.mean([d["mean"] for d in diffs.values()])) if complete else None,
-                        "level_at_every_ratio": complete and all(d["mean"] >= 0 for d in diffs.values())})  # fmt: skip
+            pairs = []
+            for (m, q, s, engine), top1 in sorted(cells.items()):
+                if m != method or q != ratio:
+                    continue
+                engines = [engine] if same_engine else [engine, *sorted({e for (*_, e) in cells} - {engine})]
+                base_top1 = next((cells[(base, q, s, e)] for e in engines if (base, q, s, e) in cells), None)
+                if base_top1 is not None:
+                    pairs.append((s, top1 - base_top1))
+            if pairs:
+                mean, low, high = paired_interval([d for _, d in pairs])
+                diffs[ratio] = {"mean": mean, "ci95": None if low is None else [low, high], "seeds": [s for s, _ in pairs]}
+        complete = len(diffs) == len(ratios)
+        return {"diff": diffs, "average": float(np.mean([d["mean"] for d in diffs.values()])) if complete else None,
+                "level_at_every_ratio": complete and all(d["mean"] >= 0 for d in diffs.values())}  # fmt: skip
+
+    out = []
+    for method in candidates:
+        every = compare(method, same_engine=False)
+        if every["diff"]:
+            out.append({"method": method, "base": base, **every, "same_engine": compare(method, same_engine=True)})
     return out
 
 
@@ -186,19 +198,23 @@ def versus_default_table(rows, ratios=(0.3, 0.5, 0.7)) -> str:
         return ""
     lines = [
         f"Candidates for the default, minus `{rows[0]['base']}` on the same seeds: mean paired difference [95 % CI] "
-        "(seeds).",
+        "(seeds); the base cell from the candidate's engine where it has one, and on that engine only in the "
+        "second row.",
         "",
         "| candidate | " + " | ".join(f"ratio {r}" for r in ratios) + " | average | level or better at every ratio |",
         "| --- |" + " --- |" * (len(ratios) + 2),
     ]
     for v in rows:
-        cells = []
-        for r in ratios:
-            d = v["diff"].get(r)
-            ci = f" [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d and d["ci95"] else ""
-            cells.append(f"{d['mean']:+.2f}{ci} ({len(d['seeds'])})" if d else "–")
-        average = f"{v['average']:+.2f}" if v["average"] is not None else "incomplete"
-        lines.append(f"| {v['method']} | {' | '.join(cells)} | {average} | {'yes' if v['level_at_every_ratio'] else 'no'} |")
+        for label, c in ((v["method"], v), (f"{v['method']}, same engine only", v.get("same_engine"))):
+            if not c or not c["diff"]:
+                continue
+            cells = []
+            for r in ratios:
+                d = c["diff"].get(r)
+                ci = f" [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d and d["ci95"] else ""
+                cells.append(f"{d['mean']:+.2f}{ci} ({len(d['seeds'])})" if d else "–")
+            average = f"{c['average']:+.2f}" if c["average"] is not None else "incomplete"
+            lines.append(f"| {label} | {' | '.join(cells)} | {average} | {'yes' if c['level_at_every_ratio'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -384,7 +400,7 @@ def report(path):
     summary = summaries.get(BASE_SETTING, [])
     stem = path.with_suffix("")
     verdicts = verdict(summary)
-    candidates = versus_default(groups.get(BASE_SETTING, []))
+    candidates = versus_default(groups.get(BASE_SETTING, []), engine_check=engine_check)
     overview = settings_summary(summaries)
     Path(f"{stem}_summary.json").write_text(json.dumps(
         {"cells": summary, "verdict": verdicts, "versus_default": candidates, "settings": summaries,

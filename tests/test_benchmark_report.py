@@ -55,6 +55,16 @@ def test_candidates_for_the_default_are_paired_with_it_seed_by_seed():
     text = report.versus_default_table([v])
     assert "| new | +0.50 [+0.50, +0.50] (2) | -0.80 [" in text and "| +0.10 (1) | -0.07 | no |" in text
     assert report.versus_default_table([]) == ""
+    assert v["same_engine"]["diff"][0.3]["mean"] == pytest.approx(0.5)  # every cell here ran on the loop
+
+    # the candidate on the trainer: paired with the trainer's rerun of the base where there is one
+    trainer = [dict(c, engine="trainer") for c in rows if c["method"] == "new"]
+    rerun = [dict(cell("if-beta", 0.7, 0, 79.9), engine="trainer")]
+    base = [c for c in rows if c["method"] != "new"]
+    (w,) = report.versus_default(base + trainer, candidates=("new",), engine_check=rerun)
+    assert w["diff"][0.7]["mean"] == pytest.approx(0.2) and w["diff"][0.3]["mean"] == pytest.approx(0.5)
+    assert w["same_engine"]["diff"] == {0.7: {"mean": pytest.approx(0.2), "ci95": None, "seeds": [0]}}
+    assert "| new, same engine only | – | – | +0.20 (1) | incomplete | no |" in report.versus_default_table([w])
 
 
 def test_ablations_sort_after_the_registry_methods_by_name():

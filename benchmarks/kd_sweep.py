@@ -117,8 +117,6 @@ class Context:
     def data(self, setting: Setting):
         """(train, test, flipped mask or None) as `datasets.Dataset`s; train labels noisy when the setting says."""
         if setting.name not in self._data:
-            import datasets
-
             for path in (setting.train_file, setting.test_file):
                 if not Path(path).exists():
                     raise FileNotFoundError(f"Setting {setting.name!r} needs {path}; see docs/settings.md to build it.")

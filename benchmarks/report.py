@@ -166,6 +166,7 @@ def versus_default(rows, candidates=DEFAULT_CANDIDATES, base="if-beta", ratios=(
     95 % interval; and whether it is level or better in mean at every ratio. The same again (`same_engine`) over
     the pairs whose base cell ran on the candidate's engine, from the trainer's reruns (`engine_check`)."""
     cells = {(r["method"], r["ratio"], r["seed"], engine_of(r)): r["test_top1"] for r in [*rows, *engine_check]}
+    all_engines = sorted({engine for (*_, engine) in cells})
 
     def compare(method, same_engine):
         diffs = {}
@@ -174,7 +175,7 @@ def versus_default(rows, candidates=DEFAULT_CANDIDATES, base="if-beta", ratios=(
             for (m, q, s, engine), top1 in sorted(cells.items()):
                 if m != method or q != ratio:
                     continue
-                engines = [engine] if same_engine else [engine, *sorted({e for (*_, e) in cells} - {engine})]
+                engines = [engine] if same_engine else [engine, *(e for e in all_engines if e != engine)]
                 base_top1 = next((cells[(base, q, s, e)] for e in engines if (base, q, s, e) in cells), None)
                 if base_top1 is not None:
                     pairs.append((s, top1 - base_top1))

@@ -20,6 +20,7 @@ committed before the trainer had that cache ran a hand-written loop with the sam
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -329,8 +330,10 @@ def learned_policy(name: str, ratio: float, seed: int, path: Path = RESULTS / "p
     return (1.0, 1.0) if record["fell_back_to_uniform"] else (record["a"], record["b"])
 
 
+@functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """The commit the cell ran with (`+dirty` when hf_ifbeta/ had uncommitted changes)."""
+    """The commit this process started with (`+dirty` when hf_ifbeta/ had uncommitted changes): the code it
+    imported once and runs for every cell, whatever lands while it runs."""
     import subprocess
 
     def git(*args):
@@ -461,7 +464,7 @@ def main(argv=None):
         c for c in queue
         if f"{cell_key(c)}|{ENGINE}" not in done and (not args.methods or c["method"] in args.methods)
     ]
-    print(f"{len(done)} cells done, {len(todo)} to go -> {out_path}", flush=True)
+    print(f"{len(done)} cells done, {len(todo)} to go -> {out_path} (code {code_version()})", flush=True)
     ctx, new = Context(), 0
     for cell in todo:
         try:

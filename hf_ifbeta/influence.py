@@ -58,7 +58,9 @@ class InfluenceArguments:
             "C (d + 1) <= exact_max_params)."
         },
     )
-    exact_max_params: int = field(default=20_000, metadata={"help": "Size limit of the exact solver under 'auto'."})
+    # Assembling the dense H costs n P^2 / 2 against about 4 n P per CG iteration, so past a few thousand
+    # parameters the exact path is far dearer for the same scores (docs/concepts.md).
+    exact_max_params: int = field(default=2_000, metadata={"help": "Size limit of the exact solver under 'auto'."})
     cg_max_iter: int = field(default=200, metadata={"help": "CG iterations of the kfac solver."})
     cg_tol: float = field(default=1e-6, metadata={"help": "Relative-residual target of the kfac solver."})
     fit_max_iter: int = field(default=200, metadata={"help": "L-BFGS iterations of the fit."})

@@ -124,3 +124,12 @@ def test_registry_names_and_unknown_name():
     assert resolve_solver("auto", num_params=100, exact_max_params=100) is ExactSolver
     assert resolve_solver("auto", num_params=101, exact_max_params=100) is KfacSolver
     assert resolve_solver("exact", num_params=10**9, exact_max_params=100) is ExactSolver
+
+
+def test_the_default_size_limit_keeps_cifar10_heads_exact_and_sends_200_classes_to_kfac():
+    """ResNet-56 features (64 + 1): 10 classes stay on the dense path, 202 (Tiny-ImageNet) take CG."""
+    from hf_ifbeta.influence import InfluenceArguments
+
+    limit = InfluenceArguments().exact_max_params
+    assert resolve_solver("auto", num_params=10 * 65, exact_max_params=limit) is ExactSolver
+    assert resolve_solver("auto", num_params=202 * 65, exact_max_params=limit) is KfacSolver

@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -304,7 +304,18 @@ class Pruning:
         result = self.results[key]
         indices = result.select_indices(ratio, seed=seed)
         policy = result.policy if learned_by is None else {**result.policy, "learned_by": LEARNED_POLICIES[learned_by]}
-        return indices, policy, dict(result.timings)
+        hessian = getattr(result, "provenance", {}).get("influence", {}).get("hessian")
+        return Selection(indices, policy, dict(result.timings), hessian)
+
+
+class Selection(NamedTuple):
+    """The kept rows of one cell, the policy that drew them, the pruning's timings and its inverse-Hessian
+    solver (None for methods without influence scores)."""
+
+    indices: np.ndarray
+    policy: Optional[Dict]
+    timings: Dict[str, float]
+    hessian: Optional[str]
 
 
 # Policies learned outside the product, by `benchmarks/policy_landscape.py --product ... --seeds ...` runs (their key
@@ -401,11 +412,11 @@ def run_cell(cell: Dict, profile: str, ctx: Context, log=print, threads: int = 0
     method, ratio, seed = cell["method"], cell["ratio"], cell["seed"]
     train, test, flipped = ctx.data(setting)
     teacher = ctx.teacher(setting)
-    policy, prune_time, timings = None, 0.0, {}
+    policy, prune_time, timings, hessian = None, 0.0, {}, None
     if method in ("full", "full-nokd"):
         rows = np.arange(len(train))
     else:
-        rows, policy, timings = ctx.pruning(setting).select(method, ratio, seed)
+        rows, policy, timings, hessian = ctx.pruning(setting).select(method, ratio, seed)
         prune_time = sum(timings.values())
     torch.set_num_threads(threads or pick_threads())
     log(f"cell {cell_key(cell)}: {len(rows)} rows, {setting.epochs(profile)} epochs, {torch.get_num_threads()} threads")
@@ -429,6 +440,7 @@ def run_cell(cell: Dict, profile: str, ctx: Context, log=print, threads: int = 0
         "epochs": setting.epochs(profile),
         "prune_time_s": prune_time,
         "prune_timings": timings,
+        "hessian": hessian,  # older cells lack it: theirs was "exact" (every head had P <= 20,000)
         "policy": to_jsonable(policy),
         **out,
         **noise,

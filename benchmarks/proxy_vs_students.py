@@ -343,7 +343,7 @@ def kept_rows(pruning, row: Dict) -> np.ndarray:
     path = KEPT / f"{kd_sweep.cell_key(row).replace('|', '__')}.{git('rev-parse', '--short', 'HEAD:hf_ifbeta')}.npy"
     if path.exists() and not dirty:
         return np.load(path)
-    kept, _, _ = pruning.select(row["method"], row["ratio"], row["seed"])
+    kept = pruning.select(row["method"], row["ratio"], row["seed"]).indices
     if not dirty:
         KEPT.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: np.save(f, np.asarray(kept, dtype=np.int64)))

@@ -97,7 +97,7 @@ def test_a_learned_policy_label_fixes_the_policy_per_ratio_and_seed(monkeypatch)
     monkeypatch.setattr(hf_ifbeta, "DatasetPruner", FakePruner)
     monkeypatch.setattr(kd_sweep, "learned_policy", lambda name, ratio, seed: (1.0 + ratio, 0.5 + seed))
     pruning = kd_sweep.Pruning(teacher=None, train=[0, 1, 2])
-    _, policy, _ = pruning.select('if-beta@policy_learned_by="stage2x2"', 0.3, 1)
+    policy = pruning.select('if-beta@policy_learned_by="stage2x2"', 0.3, 1).policy
     assert (made[-1]["method"], made[-1]["policy_a"], made[-1]["policy_b"]) == ("if-beta", 1.3, 1.5)
     assert "policy_learned_by" not in made[-1] and policy["learned_by"] == kd_sweep.LEARNED_POLICIES["stage2x2"]
     pruning.select('if-beta@policy_learned_by="stage2x2"', 0.7, 2)  # another ratio and seed: another policy
@@ -194,3 +194,26 @@ def test_the_stage2x2_policies_were_learned_with_the_stage_coverage_preset():
     preset = {k: v for k, v in PRESETS["stage-coverage"].items() if k != "policy_coverage_view"}
     assert {k: json.loads(v) for k, v in items.items()} == preset
     assert PRESETS["stage-coverage"]["policy_coverage_view"] == "stage"
+
+
+def test_a_selection_names_the_solver_its_scores_came_from(monkeypatch):
+    """The cell records `hessian` from the pruning's provenance; methods without influence scores record None."""
+    solver = {"if-beta": {"influence": {"hessian": "kfac"}}, "random": {}}
+
+    class FakePruner:
+        def __init__(self, teacher, config=None, method=None, **kwargs):
+            self.method = method
+
+        def score(self, train):
+            return type("Result", (), {
+                "select_indices": lambda self, ratio, seed: np.arange(3), "policy": {}, "timings": {"scoring_s": 1.0},
+                "provenance": solver[self.method],
+            })()  # fmt: skip
+
+    import hf_ifbeta
+
+    monkeypatch.setattr(hf_ifbeta, "DatasetPruner", FakePruner)
+    pruning = kd_sweep.Pruning(teacher=None, train=[0, 1, 2])
+    picked = pruning.select("if-beta", 0.3, 0)
+    assert picked.hessian == "kfac" and picked.timings == {"scoring_s": 1.0} and list(picked.indices) == [0, 1, 2]
+    assert pruning.select("random", 0.3, 0).hessian is None

@@ -433,7 +433,10 @@ def _describe(row) -> str:
     spec = row["setting_spec"]
     noise = f", {100 * spec['label_noise']:.0f} % of the training labels flipped" if spec.get("label_noise") else ""
     data = Path(spec["train_file"]).parent.name
-    return f"{data}, teacher {spec['teacher']}, student {spec['student']}, {row['epochs']} epochs{noise}"
+    teacher, weights = spec["teacher"], Path(spec.get("teacher_checkpoint") or spec["teacher"]).stem
+    if weights != teacher:  # the same architecture trained on other data (Tiny-ImageNet's ResNet-56)
+        teacher = f"{weights} ({teacher} architecture)"
+    return f"{data}, teacher {teacher}, student {spec['student']}, {row['epochs']} epochs{noise}"
 
 
 def main(argv=None):

@@ -114,3 +114,12 @@ def test_settings_get_their_own_tables_and_the_summary_pairs_seeds():
     assert "flipped kept" in noisy_table and "| 40.0 % |" in noisy_table
     check = report.engine_table(groups["cifar10"], engine_check)
     assert "| random | 0.3 | 0 | 80.00 | 80.40 | +0.40 | 1.00 (n = 3) |" in check
+
+
+def test_a_setting_names_its_teacher_weights_when_they_are_not_the_architectures_own():
+    spec = {"train_file": "cache/tiny_imagenet/train.parquet", "teacher": "cifar10_resnet56", "student": "cifar10_resnet20",
+            "teacher_checkpoint": "models/tiny_imagenet_resnet56.pt", "label_noise": 0.0}  # fmt: skip
+    described = report._describe({"setting_spec": spec, "epochs": 15})
+    assert described == "tiny_imagenet, teacher tiny_imagenet_resnet56 (cifar10_resnet56 architecture), student cifar10_resnet20, 15 epochs"
+    spec = {**spec, "teacher": "cifar10_resnet20", "teacher_checkpoint": "shared/models/cifar10_resnet20.pt", "label_noise": 0.2}
+    assert ", teacher cifar10_resnet20, student" in report._describe({"setting_spec": spec, "epochs": 15})

@@ -10,8 +10,8 @@ relative residual; and between the two: Spearman correlation of the scores, and 
 default top-30 %-per-class keep has in common.
 
 The head has P = C (d + 1) parameters: the dense Hessian costs about n P^2 / 2 multiply-adds to assemble,
-a CG iteration about 4 n P, so the ratio of the two grows with P and hardly with n; the subset keeps the
-exact path affordable on large settings without changing which solver wins.
+a CG iteration about 4 n P, so the ratio of the two grows with P while n scales both; a subset keeps the
+exact path affordable on large settings.
 
     python benchmarks/bench_solvers.py --settings tiny-imagenet cifar10 --rows 20000
     python benchmarks/bench_solvers.py --report          # the table from the JSON only

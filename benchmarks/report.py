@@ -83,9 +83,32 @@ def summarise(rows):
                 "prune_time_s": float(np.mean([_method_cost(r) for r in by_seed.values()])),
                 "kd_time_s": float(np.mean([r["kd_time_s"] for r in by_seed.values()])),
                 "policies": [{"a": p["a"], "b": p["b"], "fell_back": p.get("fell_back_to_uniform")} for p in policies],
+                "hessians": _hessians(by_seed),
             }
         )
     return summary
+
+
+def _hessians(by_seed):
+    """{seed: solver} of the influence scores where any seed recorded one; None for methods without."""
+    if not any(r.get("hessian") for r in by_seed.values()):
+        return None
+    # a cell of the same method without the field ran before it was recorded, when every head was solved exactly
+    return {seed: r.get("hessian") or "exact" for seed, r in sorted(by_seed.items())}
+
+
+def _solver_note(summary) -> str:
+    """One line naming each cell's Hessian solver, where the cells of one setting did not all use the same."""
+    solvers = {h for s in summary for h in (s.get("hessians") or {}).values()}
+    if len(solvers) < 2:
+        return ""
+    parts = []
+    for s in summary:
+        if s.get("hessians"):
+            seeds = ", ".join(f"seed {seed} {h}" for seed, h in s["hessians"].items())
+            parts.append(f"{s['method']} {s['ratio']}: {seeds}")
+    return ("Hessian solver of the influence scores (method s depends on it): " + "; ".join(parts) + ". "
+            "Cells from before the solver was recorded ran exact.")
 
 
 def _method_cost(row) -> float:
@@ -135,7 +158,8 @@ def table(summary, profile, title="") -> str:
             f"| {s['method']} | {s['ratio']} | {kept} | {s['top1_mean']:.2f}{spread} | {len(s['seeds'])} | {_diff(s)} | {ab} | "
             f"{_seconds(s['prune_time_s'])} | {s['kd_time_s']:.0f} |{flipped}"
         )
-    return "\n".join(lines)
+    note = _solver_note(summary)
+    return "\n".join(lines + (["", note] if note else []))
 
 
 def verdict(summary, ratios=(0.3, 0.5, 0.7), margin=0.5):

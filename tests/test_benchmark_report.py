@@ -123,3 +123,14 @@ def test_a_setting_names_its_teacher_weights_when_they_are_not_the_architectures
     assert described == "tiny_imagenet, teacher tiny_imagenet_resnet56 (cifar10_resnet56 architecture), student cifar10_resnet20, 15 epochs"
     spec = {**spec, "teacher": "cifar10_resnet20", "teacher_checkpoint": "shared/models/cifar10_resnet20.pt", "label_noise": 0.2}
     assert ", teacher cifar10_resnet20, student" in report._describe({"setting_spec": spec, "epochs": 15})
+
+
+def test_a_setting_whose_cells_used_different_hessian_solvers_names_each_cells_solver():
+    old = cell("if-beta", 0.5, 0, 40.0)  # before the field existed: ran exact
+    rows = [old, {**cell("if-beta", 0.5, 1, 40.2), "hessian": "kfac"}, {**cell("random", 0.5, 0, 39.0), "hessian": None}]
+    summary = report.summarise(rows)
+    assert [s["hessians"] for s in summary] == [{0: "exact", 1: "kfac"}, None]
+    text = report.table(summary, "cpu")
+    assert text.endswith("if-beta 0.5: seed 0 exact, seed 1 kfac. Cells from before the solver was recorded ran exact.")
+    same = report.summarise([{**old, "hessian": "kfac"}, {**cell("if-beta", 0.5, 1, 40.2), "hessian": "kfac"}])
+    assert "Hessian solver" not in report.table(same, "cpu")  # one solver throughout: nothing to say

@@ -17,6 +17,9 @@ methods' seed means. The same for variants of the outer objective that the metho
 - `scarce1500`: a data-scarce proxy: only the kept rows inside a stratified 1,500-row subsample train it;
 - `layer1`, `layer2`, `layer2_2x2`: the proxy on a fixed weak view, the standardised pooled outputs of an earlier
   stage of the teacher (16, 32 and 2 x 2 x 32 dims; `benchmarks/stage_features.py` computes them);
+- `augmented`: the proxy sees what the student sees, the teacher's penultimate features of one pad-crop-flip view
+  of each kept row (`stage_features.py`), fitted to the teacher's logits of the un-augmented row and judged on V's
+  un-augmented features, as the students are trained against cached clean logits and tested on clean images;
 - `pilot` (and `pilot_err`, from the same run): a short run of the real student, the sweep's ResNet-20 and
   recipe for `--pilot_steps` steps on the kept rows (V left out), then its cross-entropy (top-1 error) on V.
 
@@ -61,7 +64,7 @@ from hf_ifbeta.transforms import train_transform  # noqa: E402
 
 
 VARIANTS = ("default", "weak16", "scarce1500")
-STAGE_VARIANTS = ("layer1", "layer2", "layer2_2x2")
+STAGE_VARIANTS = ("layer1", "layer2", "layer2_2x2", "augmented")
 PILOT_VARIANTS = ("pilot", "pilot_err")  # one short student run per cell gives both
 COVERAGE = ("weak16", *STAGE_VARIANTS, *PILOT_VARIANTS)  # the terms mixed with the default
 MIX_WEIGHTS = (0.25, 0.5, 0.75)
@@ -81,6 +84,8 @@ class OuterObjective:
             f = f @ np.random.default_rng(seed).standard_normal((f.shape[1], 16)).astype(np.float32) / 4.0
         elif variant == "scarce1500":
             train = stratified_subsample(train, labels, 1500, np.random.default_rng(seed))
+        elif variant == "augmented":  # views for the rows that train it, V's own features to judge it
+            f = np.where(np.isin(np.arange(labels.size), val)[:, None], f, inputs["stages"][variant])
         elif variant in STAGE_VARIANTS:
             f = standardised(inputs["stages"][variant])
         elif variant != "default":

@@ -5,7 +5,9 @@ runs short of rows). A random projection of the penultimate features is one such
 stages are a fixed one, closer to what a student trained from pixels sees. This pass writes, for every row of
 the CIFAR-10 training split in its order, the global-average-pooled outputs of `layer1` (16 dims), `layer2` (32)
 and `layer3` (64, the penultimate features), the 2 x 2 average-pooled `layer2` (128) and the logits, under the
-teacher's eval transform, to `benchmarks/cache/stage_features_cifar10.npz` (outside git; rerun to rebuild).
+teacher's eval transform, and `augmented`: the penultimate features of one pad-crop-flip view of each row (the
+students' augmentation, drawn from a fixed seed), to `benchmarks/cache/stage_features_cifar10.npz` (outside git;
+rerun to rebuild).
 
     python benchmarks/stage_features.py [--threads 1] [--batch_size 256]
 
@@ -63,6 +65,8 @@ def main(argv=None):
     if transform is None:
         raise RuntimeError("The teacher's eval transform is not a plain resize + normalise.")
     pixels = decoded_images(train, setting.image_column, transform.size)
+    augment = PadCropFlip(transform.size, transform.mean, transform.std, order=transform.order)
+    offsets, flips = augment.params(seed=0, epoch=0, num_rows=pixels.shape[0])
 
     captured = {}
     hooks = [
@@ -73,17 +77,19 @@ def main(argv=None):
     out = {
         "layer1": np.zeros((n, 16), np.float32), "layer2": np.zeros((n, 32), np.float32),
         "layer2_2x2": np.zeros((n, 128), np.float32), "layer3": np.zeros((n, 64), np.float32),
-        "logits": np.zeros((n, 10), np.float32),
+        "augmented": np.zeros((n, 64), np.float32), "logits": np.zeros((n, 10), np.float32),
     }  # fmt: skip
     t0 = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, n, args.batch_size):
             stop = min(n, start + args.batch_size)
-            x = transform.normalize(torch.from_numpy(np.ascontiguousarray(pixels[start:stop])))
-            out["logits"][start:stop] = teacher(x).float().numpy()
+            images = torch.from_numpy(np.ascontiguousarray(pixels[start:stop]))
+            out["logits"][start:stop] = teacher(transform.normalize(images)).float().numpy()
             for name in ("layer1", "layer2", "layer3"):
                 out[name][start:stop] = captured[name].mean((2, 3)).numpy()
             out["layer2_2x2"][start:stop] = torch.nn.functional.adaptive_avg_pool2d(captured["layer2"], 2).flatten(1).numpy()
+            teacher(augment.apply(images, offsets[start:stop], flips[start:stop]))
+            out["augmented"][start:stop] = captured["layer3"].mean((2, 3)).numpy()
             if start // args.batch_size % 20 == 0:
                 print(f"{stop}/{n} rows, {stop / (time.perf_counter() - t0):.0f} rows/s", flush=True)
     for h in hooks:

@@ -53,6 +53,22 @@ def test_stage_variants_train_the_proxy_on_the_standardised_stage_features(input
     assert abs(float(x.mean())) < 0.1 and float(x.std()) == pytest.approx(1.0, abs=0.1)
 
 
+def test_augmented_variant_trains_on_the_views_and_is_judged_on_the_clean_rows(inputs):
+    views = inputs["features"] + 0.5 * np.random.default_rng(2).standard_normal((3000, 24)).astype(np.float32)
+    stages = {"augmented": views}
+    aug = pvs.OuterObjective({**inputs, "stages": stages}, "augmented", ratio=0.5, epochs=2)
+    default = pvs.OuterObjective(inputs, "default", ratio=0.5, epochs=2)
+    train = np.setdiff1d(np.arange(3000), inputs["val_indices"])
+    garbled = views.copy()
+    garbled[inputs["val_indices"]] = 100.0  # V's views are never used: V is judged on its own rows
+    assert pvs.OuterObjective({**inputs, "stages": {"augmented": garbled}}, "augmented", 0.5, 2)(train[::2]) == aug(
+        train[::2]
+    )
+    clean = pvs.OuterObjective({**inputs, "stages": {"augmented": inputs["features"]}}, "augmented", 0.5, 2)
+    assert clean(train[::2]) == pytest.approx(default(train[::2]))  # views equal to the rows: the default proxy
+    assert aug(train[::2]) != pytest.approx(default(train[::2]), rel=1e-3)  # the views train it
+
+
 def test_summarise_ranks_lower_loss_as_better_per_variant():
     cells = []
     for seed in (0, 1):

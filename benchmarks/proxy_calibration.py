@@ -131,10 +131,12 @@ def load_inputs(allow_teacher_pass: bool):
         if (meta := json.loads(p.read_text())).get("complete")
         and meta.get("dataset_fingerprint") == ds._fingerprint
         and meta.get("teacher") == "cifar10_resnet56"
+        # the key of the float32 pass below, without a coverage view: other entries would not serve it
+        and not {"precision", "coverage"} & set(meta.get("identity", {}))
     ]
     if not cached and not allow_teacher_pass:
         sys.exit(
-            f"No complete ResNet-56 teacher cache for this dataset under {default_cache_dir()}: refusing to run "
+            f"No complete float32 ResNet-56 teacher cache for this dataset under {default_cache_dir()}: refusing to run "
             "the 50,000-row teacher pass (pass --allow_teacher_pass to run it)."
         )
     teacher = load_model("cifar10_resnet56", checkpoint=str(SHARED / "models/cifar10_resnet56.pt")).eval()

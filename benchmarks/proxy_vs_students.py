@@ -85,7 +85,8 @@ class OuterObjective:
         elif variant == "scarce1500":
             train = stratified_subsample(train, labels, 1500, np.random.default_rng(seed))
         elif variant == "augmented":  # views for the rows that train it, V's own features to judge it
-            f = np.where(np.isin(np.arange(labels.size), val)[:, None], f, inputs["stages"][variant])
+            f = inputs["stages"][variant].copy()
+            f[val] = inputs["features"][val]
         elif variant in STAGE_VARIANTS:
             f = standardised(inputs["stages"][variant])
         elif variant != "default":

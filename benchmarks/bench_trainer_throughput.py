@@ -2,7 +2,7 @@
 
 Both train a CIFAR ResNet-20 student from scratch against the online ResNet-56 teacher (KD alpha 0.9,
 tau 4, SGD momentum 0.9 nesterov, weight decay 5e-4, constant lr, no gradient clipping, batch 128,
-bf16 autocast, channels_last):
+bf16 autocast by default (`--precision fp32` for float32), channels_last):
 
 - `loop`: a plain PyTorch loop over CIFAR-10 rows pre-decoded into a uint8 tensor outside the timing,
   batched pad-crop-flip augmentation, no DataLoader;
@@ -42,6 +42,7 @@ from transformers.trainer_callback import PrinterCallback
 import hf_ifbeta  # noqa: F401  (registers the CIFAR ResNets)
 from hf_ifbeta import DistillationTrainer, DistillationTrainingArguments
 from hf_ifbeta.data import DistillationCollator, PadCropFlip, model_data_config, prepare_image_dataset
+from hf_ifbeta.features import native_bf16
 from hf_ifbeta.losses import kd_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def run_loop(x_u8, labels, args):
             flips = torch.rand(len(rows), generator=generator) < 0.5
             x = augment.apply(x_u8[rows], offsets, flips).contiguous(memory_format=torch.channels_last)
             y = labels[rows]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 student_logits = student(x)
                 with torch.no_grad():
                     teacher_logits = teacher(x)
@@ -132,7 +133,7 @@ def run_trainer(train_ds, args, output_dir, cache_dir=None):
             weight_decay=WEIGHT_DECAY,
             lr_scheduler_type="constant",
             max_grad_norm=0.0,  # no clipping, as in the loop
-            bf16=True,
+            bf16=args.precision == "bf16",
             use_cpu=True,
             logging_steps=10,
             save_strategy="no",
@@ -187,6 +188,7 @@ def main():
     parser.add_argument("--rows", type=int, default=38_400, help="CIFAR-10 train rows trained on")
     parser.add_argument("--folder-rows", type=int, default=512, help="224 px images in the image-folder measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="autocast of both paths")
     parser.add_argument("--output", default=str(ROOT / "benchmarks/results/trainer_throughput.json"))
     args = parser.parse_args()
     if args.threads is not None:
@@ -237,7 +239,7 @@ def main():
         "teacher": "cifar10_resnet56 (online)",
         "rows": args.rows,
         "batch_size": args.batch_size,
-        "precision": "bf16 autocast, channels_last",
+        "precision": f"{'bf16 autocast' if args.precision == 'bf16' else 'float32'}, channels_last",
         "steps_per_run": args.steps,
         "warmup_steps": args.warmup,
         "window_steps": args.window,
@@ -256,6 +258,8 @@ def main():
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(torch.device("cpu")),
             "loadavg_before": load_before,
             "loadavg_after": load_after,
         },

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hf_ifbeta  # noqa: E402  (registers the CIFAR ResNets)
+from hf_ifbeta.features import native_bf16  # noqa: E402
 from hf_ifbeta.models import load_model  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
 
@@ -461,6 +462,10 @@ def main(argv=None):
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per cell; 0 picks by the machine's load")
     parser.add_argument("--report", action="store_true", help="print the tables and make plots, run nothing")
+    parser.add_argument(
+        "--allow_emulated_bf16", action="store_true",
+        help="run a bf16 profile even where the hardware emulates bfloat16 (many times slower than float32)",
+    )
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"kd_sweep_{args.profile}.jsonl"
@@ -476,6 +481,14 @@ def main(argv=None):
         c for c in queue
         if f"{cell_key(c)}|{ENGINE}" not in done and (not args.methods or c["method"] in args.methods)
     ]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if todo and PROFILES[args.profile]["precision"] == "bf16" and not native_bf16(device) and not args.allow_emulated_bf16:
+        # Every committed cell of the profile distilled under bf16; float32 would not pair with them.
+        parser.error(
+            f"profile {args.profile!r} distils under bf16 autocast, which this {device.type} does not compute natively "
+            f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}; no AVX512-BF16 or AMX): its cells would "
+            "run many times slower. Run them on a machine that has it, or pass --allow_emulated_bf16."
+        )
     print(f"{len(done)} cells done, {len(todo)} to go -> {out_path} (code {code_version()})", flush=True)
     ctx, new = Context(), 0
     for cell in todo:

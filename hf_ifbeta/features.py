@@ -66,6 +66,7 @@ __all__ = [
     "TeacherOutputs",
     "compute_teacher_outputs",
     "default_cache_dir",
+    "native_bf16",
     "resolve_precision",
 ]
 
@@ -549,15 +550,21 @@ def _linear_head(teacher: nn.Module, num_features: int) -> Optional[Tuple[np.nda
     return weight, bias
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware (a CUDA GPU that supports it; a CPU with AVX512-BF16 or
+    AMX): elsewhere bf16 autocast is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`"auto"` -> `"bf16"` where `device` computes bfloat16 natively, else `"fp32"`; other values unchanged."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    return "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def _device_of(teacher: nn.Module) -> torch.device:

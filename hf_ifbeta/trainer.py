@@ -21,7 +21,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .config import DistillationTrainingArguments
 from .data import DistillationCollator, model_data_config
-from .features import resolve_precision
+from .features import native_bf16, resolve_precision
 from .files import default_cache_dir
 from .logit_cache import TeacherLogitCache, state_dict_digest
 from .losses import kd_loss
@@ -156,6 +156,11 @@ class DistillationTrainer(Trainer):
         self._teacher_keyword = False
         self._teacher_input = None
         self.teacher_precision = teacher_precision(args, device)
+        if args.bf16 and device.type == "cpu" and not native_bf16(device):
+            logger.warning(
+                "bf16=True on a CPU without native bfloat16 (neither AVX512-BF16 nor AMX): autocast emulates it, and "
+                "distillation runs many times slower than in float32. Leave bf16 off on this machine."
+            )
         self._teacher_checked = False  # its logits are checked for NaN / inf once, on the first batch
         if teacher_model is not None:
             # Not an attribute of the student: stays out of the optimizer, DDP and checkpoints.

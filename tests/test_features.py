@@ -438,3 +438,13 @@ def test_a_teacher_without_feature_info_or_with_token_stages_is_refused(ds, tmp_
 
     with pytest.raises(ValueError, match=r"stage 'block' of Tokens gives \(5, \d+, 8\).*transformer tokens"):
         compute_teacher_outputs(Tokens(), ds, "img", "label", cache_dir=tmp_path, coverage_stage=True, **PASS)
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    import hf_ifbeta.features as features
+
+    assert features.native_bf16(torch.device("meta")) is False  # neither a GPU nor a CPU: never claimed
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(features, "native_bf16", lambda device, native=native: native)
+        assert features.resolve_precision("auto", torch.device("cpu")) == expected
+        assert features.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: kept

@@ -217,3 +217,22 @@ def test_a_selection_names_the_solver_its_scores_came_from(monkeypatch):
     picked = pruning.select("if-beta", 0.3, 0)
     assert picked.hessian == "kfac" and picked.timings == {"scoring_s": 1.0} and list(picked.indices) == [0, 1, 2]
     assert pruning.select("random", 0.3, 0).hessian is None
+
+
+def test_a_bf16_profile_refuses_hardware_that_emulates_bfloat16(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kd_sweep, "RESULTS", tmp_path)
+    monkeypatch.setattr(kd_sweep.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(kd_sweep, "native_bf16", lambda device: False)
+    ran = []
+    row = dict(test_top1=50.0, kd_time_s=1.0, teacher_forward_rows=0, engine=kd_sweep.ENGINE)
+    monkeypatch.setattr(kd_sweep, "run_cell", lambda cell, *args, **kwargs: ran.append(cell) or dict(row, **cell))
+    cell = "cifar10|random|0.7|9"
+    with pytest.raises(SystemExit):
+        kd_sweep.main(["--profile", "smoke", "--cells", cell])
+    assert "profile 'smoke' distils under bf16 autocast" in capsys.readouterr().err
+    assert ran == [] and not (tmp_path / "kd_sweep_smoke.jsonl").exists()  # nothing started, nothing written
+    kd_sweep.main(["--profile", "smoke", "--cells", cell, "--allow_emulated_bf16"])
+    assert len(ran) == 1 and (tmp_path / "kd_sweep_smoke.jsonl").exists()
+    monkeypatch.setattr(kd_sweep, "native_bf16", lambda device: True)
+    kd_sweep.main(["--profile", "smoke", "--cells", cell])  # done already: nothing to run, nothing to refuse
+    assert len(ran) == 1

@@ -287,6 +287,21 @@ def test_teacher_never_runs_in_fp16(tmp_path, tiny_ds, monkeypatch):
         assert teacher_precision(make_args(tmp_path, **flags), torch.device("cpu")) == precision
 
 
+def test_bf16_on_a_cpu_without_native_bfloat16_warns(tmp_path, tiny_ds, monkeypatch, caplog):
+    import hf_ifbeta.trainer as trainer_module
+
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(trainer_module, "native_bf16", lambda device, native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hf_ifbeta.trainer"):
+            make_trainer(tmp_path, tiny_ds, bf16=True)
+        assert ("bf16=True on a CPU without native bfloat16" in caplog.text) is warned
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_ifbeta.trainer"):
+        make_trainer(tmp_path, tiny_ds)  # float32: nothing to say, whatever the CPU
+    assert "native bfloat16" not in caplog.text
+
+
 def test_non_finite_teacher_logits_are_named_once(tmp_path, tiny_ds):
     teacher = tiny_teacher()
     trainer = make_trainer(tmp_path, tiny_ds, teacher=teacher)

@@ -484,10 +484,13 @@ def main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if todo and PROFILES[args.profile]["precision"] == "bf16" and not native_bf16(device) and not args.allow_emulated_bf16:
         # Every committed cell of the profile distilled under bf16; float32 would not pair with them.
+        hardware = (
+            f"CPU (torch capability {torch.backends.cpu.get_cpu_capability()}; no AVX512-BF16 or AMX)"
+            if device.type == "cpu" else torch.cuda.get_device_name(device)
+        )
         parser.error(
-            f"profile {args.profile!r} distils under bf16 autocast, which this {device.type} does not compute natively "
-            f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}; no AVX512-BF16 or AMX): its cells would "
-            "run many times slower. Run them on a machine that has it, or pass --allow_emulated_bf16."
+            f"profile {args.profile!r} distils under bf16 autocast, which this {hardware} does not compute natively: "
+            "its cells would run many times slower. Run them on a machine that does, or pass --allow_emulated_bf16."
         )
     print(f"{len(done)} cells done, {len(todo)} to go -> {out_path} (code {code_version()})", flush=True)
     ctx, new = Context(), 0

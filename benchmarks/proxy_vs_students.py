@@ -32,6 +32,15 @@ same slice?). Written to `benchmarks/results/proxy_vs_students_<profile>.json`.
 
 Uses the cached teacher pass (refuses to start a 50,000-row teacher pass unless --allow_teacher_pass) and
 one CPU thread; about 10 s per cell plus each method's scoring once (the pilot: about a minute per cell).
+
+`--setting NAME` judges the default objective and the stage view (`layer2_2x2`: the product's `"stage"` coverage
+view, the teacher's middle stage pooled to 2 x 2) on the cells of another setting of the sweep, with its data,
+labels, teacher and the students' epochs as the proxy's budget; the teacher pass (with the view) runs at the
+precision this machine resolves for the setting, and is cached. Written to
+`benchmarks/results/proxy_vs_students_<profile>_<setting>.json`, without the selection-bias check.
+
+    python benchmarks/proxy_vs_students.py --setting cifar10-e5
+    python benchmarks/proxy_vs_students.py --across_settings    # to proxy_objectives_by_setting_<profile>.json
 """
 
 import argparse
@@ -207,6 +216,8 @@ def mixed(summary: List[Dict], weight: float, coverage: str = "weak16") -> List[
         if ("default", ratio) not in by or (coverage, ratio) not in by:
             continue
         d, w = by[("default", ratio)], by[(coverage, ratio)]
+        if "random" not in d.keys() & w.keys():  # each term is relative to random's loss: no mix without it
+            continue
         means = {
             m: {"proxy_loss": weight * d[m]["proxy_loss"] / d["random"]["proxy_loss"]
                 + (1 - weight) * w[m]["proxy_loss"] / w["random"]["proxy_loss"], "test_top1": d[m]["test_top1"]}
@@ -264,8 +275,20 @@ def main(argv=None):
         help="score only these variants and add them to the saved cells (same method, ratio and seed); default: "
         f"{' '.join(VARIANTS)} on every cell, written afresh",
     )  # fmt: skip
+    parser.add_argument(
+        "--setting", default="cifar10", choices=sorted(kd_sweep.SETTINGS),
+        help="judge the default and stage-view objectives on this setting's cells (default: CIFAR-10, every variant)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--across_settings", action="store_true",
+        help="tabulate the saved judgements of every setting on the methods they all measured (no proxy training)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.across_settings:
+        return across_settings(args.profile)
+    if args.setting != "cifar10":
+        return judge_setting(kd_sweep.SETTINGS[args.setting], args.profile)
     path = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
     saved = json.loads(path.read_text()) if path.exists() else None
     if args.summarise:
@@ -297,6 +320,22 @@ def main(argv=None):
     pilot = Pilot(inputs, load_pixels(inputs), args.pilot_steps, args.profile) if "pilot" in variants else None
     pruning = kd_sweep.Pruning(kd_sweep.load_teacher())
 
+    cells = score_cells(results, pruning, objectives, pilot)
+    if args.variants:
+        new = {(c["method"], c["ratio"], c["seed"]): c for c in cells}
+        for c in saved["cells"]:
+            scored = new.get((c["method"], c["ratio"], c["seed"]))
+            if scored is not None:
+                c["proxy_loss"].update(scored["proxy_loss"])
+                c.update({k: v for k, v in scored.items() if k.startswith("pilot_")})
+        return write(saved["cells"], saved["selection_bias"], epochs, path)
+    bias = selection_bias_check(inputs, epochs)
+    write(cells, bias, epochs, path)
+
+
+def score_cells(results: List[Dict], pruning, objectives: Dict, pilot: Optional[Pilot] = None) -> List[Dict]:
+    """Each finished cell's kept rows rebuilt as the sweep built them, and every objective's loss on them."""
+    proxies = sorted({v for v, _ in objectives})
     cells = []
     for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"])):
         t0 = time.perf_counter()
@@ -319,17 +358,89 @@ def main(argv=None):
         })  # fmt: skip
         print(f"{kd_sweep.cell_key(r):45s} student {r['test_top1']:.2f} %  proxy loss "
               + ", ".join(f"{v} {x:.5f}" for v, x in losses.items()), flush=True)  # fmt: skip
+    return cells
 
-    if args.variants:
-        new = {(c["method"], c["ratio"], c["seed"]): c for c in cells}
-        for c in saved["cells"]:
-            scored = new.get((c["method"], c["ratio"], c["seed"]))
-            if scored is not None:
-                c["proxy_loss"].update(scored["proxy_loss"])
-                c.update({k: v for k, v in scored.items() if k.startswith("pilot_")})
-        return write(saved["cells"], saved["selection_bias"], epochs, path)
-    bias = selection_bias_check(inputs, epochs)
-    write(cells, bias, epochs, path)
+
+def setting_inputs(setting: "kd_sweep.Setting", pruning) -> Dict[str, np.ndarray]:
+    """The teacher pass of a setting with the product's stage view, and the validation slice its pruner holds out.
+
+    The view comes from the pass `policy_coverage_view="stage"` asks for (cached under its own key); its features must
+    be those of the sweep's own pass, which `pruning` (the setting's `kd_sweep.Pruning`) scored the cells from."""
+    from hf_ifbeta import DatasetPruner
+
+    if "influence" not in pruning.results:
+        pruning.select("influence", 0.5, 0)  # the setting's own teacher pass, as the sweep's cells were scored
+    scored = pruning.results["influence"]
+    pruner = DatasetPruner(
+        pruning.teacher, image_column=setting.image_column, label_column=setting.label_column, method="random",
+        teacher_precision=setting.teacher_precision, policy_objective="kd+coverage", policy_coverage_view="stage",
+    )  # fmt: skip
+    out, base = pruner.teacher_outputs(pruning.train), scored._outputs
+    features = np.asarray(out.features, dtype=np.float32)
+    if not np.array_equal(np.asarray(out.labels), np.asarray(base.labels)):
+        raise ValueError(f"Setting {setting.name!r}: the stage-view pass holds other labels than the sweep's pass.")
+    gap = np.abs(features - np.asarray(base.features, dtype=np.float32)).max()
+    if gap > 1e-3 * np.abs(features).max():
+        raise ValueError(f"Setting {setting.name!r}: the stage-view pass's features differ from the sweep's by {gap}.")
+    return {
+        "features": features, "logits": np.asarray(out.logits, dtype=np.float32),
+        "labels": np.asarray(out.labels, dtype=np.int64), "val_indices": np.asarray(scored.val_indices, dtype=np.int64),
+        "stages": {"layer2_2x2": np.asarray(out.coverage, dtype=np.float32)},
+    }  # fmt: skip
+
+
+def judge_setting(setting: "kd_sweep.Setting", profile: str) -> None:
+    """The default objective, the stage view and their mixes on one setting's finished pruning cells."""
+    results = [
+        r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{profile}.jsonl")
+        if r.get("setting", "cifar10") == setting.name and r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
+    ]  # fmt: skip
+    if not results:
+        sys.exit(f"No finished pruning cells of setting {setting.name!r} in kd_sweep_{profile}.jsonl yet.")
+    pruning = kd_sweep.Context().pruning(setting)
+    inputs = setting_inputs(setting, pruning)
+    epochs = setting.epochs(profile)
+    objectives = {
+        (v, ratio): OuterObjective(inputs, v, ratio, epochs)
+        for v in ("default", "layer2_2x2") for ratio in sorted({r["ratio"] for r in results})
+    }  # fmt: skip
+    cells = score_cells(results, pruning, objectives)
+    write(cells, None, epochs, kd_sweep.RESULTS / f"proxy_vs_students_{profile}_{setting.name}.json", setting.name)
+
+
+SHARED_METHODS = ("random", "if-beta", "influence")  # what every setting of the sweep measured
+BY_SETTING = ("default", "layer2_2x2", "mix@0.5+layer2_2x2", "mix@0.25+layer2_2x2")
+
+
+def across_settings(profile: str) -> List[Dict]:
+    """The saved judgements of every setting (CIFAR-10's and `--setting` runs'), on the methods all of them measured:
+    per setting and ratio, the students' pairs further apart than seed noise and how many each objective orders
+    right."""
+    rows = []
+    for path in sorted(kd_sweep.RESULTS.glob(f"proxy_vs_students_{profile}*.json")):
+        saved = json.loads(path.read_text())
+        cells = [c for c in saved["cells"] if c["method"] in SHARED_METHODS]
+        summary = summarise(cells, "default") + summarise(cells, "layer2_2x2")
+        summary += [s for w in (0.5, 0.25) for s in mixed(summary, w, "layer2_2x2")]
+        for ratio in sorted({s["ratio"] for s in summary}):
+            at = {s["variant"]: s for s in summary if s["ratio"] == ratio}
+            students = {m: v["test_top1"] for m, v in at["default"]["method_means"].items()}
+            rows.append({
+                "setting": saved.get("setting", "cifar10"), "epochs": saved["inner_epochs"], "ratio": ratio,
+                "students": students, "pairs": at["default"]["pair_agreement"]["pairs"],
+                "agree": {v: at[v]["pair_agreement"]["agree"] for v in BY_SETTING if v in at},
+            })  # fmt: skip
+    print("\n| setting | ratio | students: " + " / ".join(SHARED_METHODS) + " | pairs > 0.5 apart | "
+          + " | ".join(BY_SETTING) + " |")  # fmt: skip
+    print("| --- " * (4 + len(BY_SETTING)) + "|")
+    for r in rows:
+        students = " / ".join(f"{r['students'][m]:.2f}" if m in r["students"] else "n/a" for m in SHARED_METHODS)
+        agree = " | ".join(str(r["agree"].get(v, "n/a")) for v in BY_SETTING)
+        print(f"| {r['setting']} | {r['ratio']} | {students} | {r['pairs']} | {agree} |")
+    out = kd_sweep.RESULTS / f"proxy_objectives_by_setting_{profile}.json"
+    out.write_text(json.dumps({"methods": SHARED_METHODS, "pair_apart": PAIR_APART, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return rows
 
 
 KEPT = kd_sweep.CACHE / "kept_rows"
@@ -381,7 +492,7 @@ def load_pixels(inputs) -> np.ndarray:
     return decoded_images(train, setting.image_column, 32)
 
 
-def write(cells: List[Dict], bias: Dict, epochs: int, path: Path) -> None:
+def write(cells: List[Dict], bias: Optional[Dict], epochs: int, path: Path, setting: str = "cifar10") -> None:
     """Summaries per variant and ratio (plus the default/weak16 mixes), printed and written with the cells."""
     present = [v for v in VARIANTS + STAGE_VARIANTS + PILOT_VARIANTS if any(v in c["proxy_loss"] for c in cells)]
     summary = [s for v in present for s in summarise(cells, v)]
@@ -395,8 +506,8 @@ def write(cells: List[Dict], bias: Dict, epochs: int, path: Path) -> None:
         pa = s["pair_agreement"]
         print(f"| {s['variant']} | {s['ratio']} | {s['methods']} | {fmt(s.get('spearman_methods'))} | "
               f"{pa['agree']} / {pa['pairs']} |")  # fmt: skip
-    report = {"protocol": __doc__.split("\n\n")[1], "inner_epochs": epochs, "variants": present, "cells": cells,
-              "per_ratio": summary, "selection_bias": bias}  # fmt: skip
+    report = {"protocol": __doc__.split("\n\n")[1], "setting": setting, "inner_epochs": epochs, "variants": present,
+              "cells": cells, "per_ratio": summary, "selection_bias": bias}  # fmt: skip
     path.write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
     print(f"wrote {path}")
 

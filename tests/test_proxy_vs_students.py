@@ -117,6 +117,8 @@ def test_mixed_weights_each_term_relative_to_random():
     rows.append(summary("pilot_err", {"random": 1.0}))  # a costly term scored on fewer methods
     (partial,) = pvs.mixed(rows, 0.5, "pilot_err")
     assert set(partial["method_means"]) == {"random"}
+    lean_only = [summary("default", {"if-beta": 1.0}), summary("layer2", {"if-beta": 2.0})]
+    assert pvs.mixed(lean_only, 0.5, "layer2") == []  # a ratio where random was not measured: nothing to scale by
 
 
 def test_a_mix_takes_both_terms_from_the_cells_the_costly_term_scored():
@@ -148,3 +150,87 @@ def test_pilot_is_a_short_student_run_on_the_kept_rows_outside_v(inputs):
         pvs.Pilot(inputs, pixels[:10], steps=4)
     with pytest.raises(ValueError, match="Every kept row is in the validation slice"):
         pilot(inputs["val_indices"][:20])
+
+
+class _Pruning:
+    """A stand-in for `kd_sweep.Pruning`: fixed kept rows per method, the teacher pass of `outputs`."""
+
+    def __init__(self, kept, outputs=None):
+        self.kept, self.outputs, self.results = kept, outputs, {}
+        self.teacher, self.train = None, None
+
+    def select(self, method, ratio, seed):
+        from types import SimpleNamespace
+
+        if method == "influence":
+            self.results["influence"] = SimpleNamespace(_outputs=self.outputs, val_indices=np.arange(5))
+        return SimpleNamespace(indices=self.kept[method])
+
+
+def test_score_cells_rebuilds_each_cell_and_scores_it_with_every_objective(monkeypatch, tmp_path):
+    monkeypatch.setattr(pvs, "KEPT", tmp_path)
+    pruning = _Pruning({"random": np.arange(10), "topk": np.arange(4)})
+    results = [{"setting": "cifar10-e5", "method": m, "ratio": 0.5, "seed": 0, "kept": k, "test_top1": 70.0}
+               for m, k in (("topk", 4), ("random", 10))]  # fmt: skip
+    objectives = {(v, 0.5): (lambda kept, w=w: w * len(kept)) for v, w in (("default", 1.0), ("layer2_2x2", 2.0))}
+    cells = pvs.score_cells(results, pruning, objectives)
+    assert [c["method"] for c in cells] == ["random", "topk"]
+    assert cells[1]["proxy_loss"] == {"default": 4.0, "layer2_2x2": 8.0}
+    results[0]["kept"] = 5  # the sweep kept another number of rows: the rebuild is not the cell
+    with pytest.raises(RuntimeError, match="rebuilt 4 rows, the sweep kept 5"):
+        pvs.score_cells(results, _Pruning(pruning.kept), objectives)
+
+
+def test_setting_inputs_take_the_view_from_a_pass_that_matches_the_sweeps(monkeypatch):
+    from types import SimpleNamespace
+
+    import hf_ifbeta
+
+    rng = np.random.default_rng(0)
+    base = SimpleNamespace(
+        features=rng.standard_normal((6, 4)), logits=rng.standard_normal((6, 3)), labels=np.arange(6) % 3
+    )
+    view = SimpleNamespace(**vars(base), coverage=np.ones((6, 8)))
+
+    class Pruner:
+        def __init__(self, teacher, **kwargs):
+            assert kwargs["policy_coverage_view"] == "stage"
+
+        def teacher_outputs(self, train):
+            return view
+
+    monkeypatch.setattr(hf_ifbeta, "DatasetPruner", Pruner)
+    setting = pvs.kd_sweep.SETTINGS["cifar10-t20"]
+    inputs = pvs.setting_inputs(setting, _Pruning({"influence": np.arange(3)}, base))
+    assert inputs["stages"]["layer2_2x2"].shape == (6, 8) and list(inputs["val_indices"]) == list(range(5))
+    view.features = base.features + 1.0  # another teacher, or another dataset order
+    with pytest.raises(ValueError, match="cifar10-t20.*features differ"):
+        pvs.setting_inputs(setting, _Pruning({"influence": np.arange(3)}, base))
+
+
+def test_across_settings_counts_each_settings_pairs_on_the_shared_methods(monkeypatch, tmp_path):
+    import json
+
+    def cell(method, acc, default, view, seed=0):
+        return {"method": method, "ratio": 0.7, "seed": seed, "test_top1": acc,
+                "proxy_loss": {"default": default, "layer2_2x2": view}}  # fmt: skip
+
+    # CIFAR-10: the default ranks influence > if-beta > random, the students if-beta > random > influence
+    base = [cell("random", 81.0, 3.0, 1.0), cell("if-beta", 81.8, 2.0, 1.0), cell("influence", 80.0, 1.0, 3.0),
+            cell("moderate", 90.0, 9.0, 9.0)]  # fmt: skip
+    # 5 epochs: random first, and the lean's order flips for the students only
+    e5 = [cell("random", 71.0, 3.0, 1.0), cell("if-beta", 70.0, 2.0, 2.0), cell("influence", 70.2, 1.0, 1.2)]
+    monkeypatch.setattr(pvs.kd_sweep, "RESULTS", tmp_path)
+    (tmp_path / "proxy_vs_students_cpu.json").write_text(json.dumps({"inner_epochs": 15, "cells": base}))
+    (tmp_path / "proxy_vs_students_cpu_cifar10-e5.json").write_text(
+        json.dumps({"setting": "cifar10-e5", "inner_epochs": 5, "cells": e5})
+    )
+    rows = {r["setting"]: r for r in pvs.across_settings("cpu")}
+    assert set(rows["cifar10"]["students"]) == set(pvs.SHARED_METHODS)  # moderate is not measured everywhere
+    assert rows["cifar10"]["pairs"] == 3 and rows["cifar10"]["agree"]["default"] == 1  # only if-beta > random
+    assert rows["cifar10"]["agree"]["layer2_2x2"] == 2  # a tie (random, if-beta) orders no pair
+    assert rows["cifar10-e5"]["epochs"] == 5 and rows["cifar10-e5"]["pairs"] == 2  # if-beta / influence: 0.2 apart
+    # the mixes put influence (default 1/3, view 1.2 of random's) ahead of random, the students behind it
+    assert rows["cifar10-e5"]["agree"] == {"default": 0, "layer2_2x2": 2, "mix@0.5+layer2_2x2": 1,
+                                           "mix@0.25+layer2_2x2": 1}  # fmt: skip
+    assert (tmp_path / "proxy_objectives_by_setting_cpu.json").exists()

@@ -269,7 +269,10 @@ def main(argv=None):
         "--summarise", action="store_true", help="recompute the summaries from the cells already in the JSON only"
     )
     parser.add_argument("--pilot_steps", type=int, default=300, help="steps of the `pilot` variant's student run")
-    parser.add_argument("--seeds", type=int, nargs="+", help="with --variants: score only the cells of these seeds")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="with --variants or --setting: score only the cells of these seeds"
+    )
+    parser.add_argument("--ratios", type=float, nargs="+", help="with --setting: score only the cells of these ratios")
     parser.add_argument(
         "--variants", nargs="+", choices=VARIANTS + STAGE_VARIANTS + PILOT_VARIANTS[:1],
         help="score only these variants and add them to the saved cells (same method, ratio and seed); default: "
@@ -288,7 +291,7 @@ def main(argv=None):
     if args.across_settings:
         return across_settings(args.profile)
     if args.setting != "cifar10":
-        return judge_setting(kd_sweep.SETTINGS[args.setting], args.profile)
+        return judge_setting(kd_sweep.SETTINGS[args.setting], args.profile, args.ratios, args.seeds)
     path = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
     saved = json.loads(path.read_text()) if path.exists() else None
     if args.summarise:
@@ -389,23 +392,41 @@ def setting_inputs(setting: "kd_sweep.Setting", pruning) -> Dict[str, np.ndarray
     }  # fmt: skip
 
 
-def judge_setting(setting: "kd_sweep.Setting", profile: str) -> None:
-    """The default objective, the stage view and their mixes on one setting's finished pruning cells."""
+def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=None) -> None:
+    """The default objective, the stage view and their mixes on one setting's finished pruning cells.
+
+    Resumes: cells its file already scored are kept, and only `ratios` / `seeds` (all when None) are scored now, so a
+    setting whose proxies are dear (Tiny-ImageNet's 202-class heads on all its rows) can be spread over runs. Cells not
+    scored stay in the file without losses, so that the students' means are over every seed."""
     results = [
         r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{profile}.jsonl")
         if r.get("setting", "cifar10") == setting.name and r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
     ]  # fmt: skip
     if not results:
         sys.exit(f"No finished pruning cells of setting {setting.name!r} in kd_sweep_{profile}.jsonl yet.")
-    pruning = kd_sweep.Context().pruning(setting)
-    inputs = setting_inputs(setting, pruning)
+    path = kd_sweep.RESULTS / f"proxy_vs_students_{profile}_{setting.name}.json"
+    key = lambda c: (c["method"], c["ratio"], c["seed"])  # noqa: E731
+
+    def saved() -> Dict:
+        return {key(c): c for c in json.loads(path.read_text())["cells"] if c["proxy_loss"]} if path.exists() else {}
+
+    todo = [r for r in results if key(r) not in saved() and (ratios is None or r["ratio"] in ratios)
+            and (seeds is None or r["seed"] in seeds)]  # fmt: skip
     epochs = setting.epochs(profile)
-    objectives = {
-        (v, ratio): OuterObjective(inputs, v, ratio, epochs)
-        for v in ("default", "layer2_2x2") for ratio in sorted({r["ratio"] for r in results})
-    }  # fmt: skip
-    cells = score_cells(results, pruning, objectives)
-    write(cells, None, epochs, kd_sweep.RESULTS / f"proxy_vs_students_{profile}_{setting.name}.json", setting.name)
+    if todo:
+        pruning = kd_sweep.Context().pruning(setting)
+        inputs = setting_inputs(setting, pruning)
+        objectives = {
+            (v, ratio): OuterObjective(inputs, v, ratio, epochs)
+            for v in ("default", "layer2_2x2") for ratio in sorted({r["ratio"] for r in todo})
+        }  # fmt: skip
+        scored = {key(c): c for c in score_cells(todo, pruning, objectives)}
+    else:
+        scored = {}
+    done = {**saved(), **scored}  # read again: another run may have scored other ratios meanwhile
+    cells = [done.get(key(r)) or {**{k: r[k] for k in ("method", "ratio", "seed", "test_top1")}, "proxy_loss": {}}
+             for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"]))]  # fmt: skip
+    write(cells, None, epochs, path, setting.name)
 
 
 SHARED_METHODS = ("random", "if-beta", "influence")  # what every setting of the sweep measured

@@ -234,3 +234,40 @@ def test_across_settings_counts_each_settings_pairs_on_the_shared_methods(monkey
     assert rows["cifar10-e5"]["agree"] == {"default": 0, "layer2_2x2": 2, "mix@0.5+layer2_2x2": 1,
                                            "mix@0.25+layer2_2x2": 1}  # fmt: skip
     assert (tmp_path / "proxy_objectives_by_setting_cpu.json").exists()
+
+
+def test_judge_setting_resumes_and_keeps_every_seeds_students(monkeypatch, tmp_path):
+    import json
+
+    calls = []
+
+    class Objective:
+        def __init__(self, inputs, variant, ratio, epochs):
+            self.variant, self.epochs = variant, epochs
+
+        def __call__(self, kept):
+            calls.append(self.variant)
+            return float(len(kept)) + (self.epochs if self.variant == "default" else 0.0)
+
+    kept = {"random": np.arange(10), "if-beta": np.arange(8)}
+    rows = [{"setting": "cifar10-e5", "method": m, "ratio": r, "seed": seed, "kept": kept[m].size,
+             "test_top1": 70.0 + seed + (m == "if-beta")}
+            for m in kept for r in (0.5, 0.7) for seed in (0, 1)]  # fmt: skip
+    (tmp_path / "kd_sweep_cpu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(pvs.kd_sweep, "RESULTS", tmp_path)
+    monkeypatch.setattr(pvs, "KEPT", tmp_path / "kept")
+    monkeypatch.setattr(pvs.kd_sweep, "Context", lambda: type("C", (), {"pruning": lambda self, s: _Pruning(kept)})())
+    monkeypatch.setattr(pvs, "setting_inputs", lambda setting, pruning: {})
+    monkeypatch.setattr(pvs, "OuterObjective", Objective)
+    setting = pvs.kd_sweep.SETTINGS["cifar10-e5"]
+    path = tmp_path / "proxy_vs_students_cpu_cifar10-e5.json"
+
+    pvs.judge_setting(setting, "cpu", ratios=[0.7], seeds=[0])
+    cells = json.loads(path.read_text())["cells"]
+    assert len(cells) == 8 and sum(bool(c["proxy_loss"]) for c in cells) == 2  # the rest kept, unscored
+    (at_07,) = [s for s in json.loads(path.read_text())["per_ratio"] if s["variant"] == "default"]
+    assert at_07["ratio"] == 0.7 and at_07["method_means"]["if-beta"]["test_top1"] == 71.5  # both seeds' students
+    assert at_07["method_means"]["if-beta"]["proxy_loss"] == 8.0 + 5  # the proxy's budget: the setting's 5 epochs
+    pvs.judge_setting(setting, "cpu")
+    assert len(calls) == 2 * 8  # each cell scored once by each objective: the second run resumed
+    assert all(c["proxy_loss"] for c in json.loads(path.read_text())["cells"])

@@ -410,7 +410,8 @@ def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=
     def saved() -> Dict:
         return {key(c): c for c in json.loads(path.read_text())["cells"] if c["proxy_loss"]} if path.exists() else {}
 
-    todo = [r for r in results if key(r) not in saved() and (ratios is None or r["ratio"] in ratios)
+    scored_before = saved()
+    todo = [r for r in results if key(r) not in scored_before and (ratios is None or r["ratio"] in ratios)
             and (seeds is None or r["seed"] in seeds)]  # fmt: skip
     epochs = setting.epochs(profile)
     if todo:

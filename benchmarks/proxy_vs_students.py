@@ -49,7 +49,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import timm
@@ -336,8 +336,11 @@ def main(argv=None):
     write(cells, bias, epochs, path)
 
 
-def score_cells(results: List[Dict], pruning, objectives: Dict, pilot: Optional[Pilot] = None) -> List[Dict]:
-    """Each finished cell's kept rows rebuilt as the sweep built them, and every objective's loss on them."""
+def score_cells(
+    results: List[Dict], pruning, objectives: Dict, pilot: Optional[Pilot] = None, on_cell: Optional[Callable] = None
+) -> List[Dict]:
+    """Each finished cell's kept rows rebuilt as the sweep built them, and every objective's loss on them; `on_cell`
+    gets the cells scored so far after each one, so that a long run can save as it goes."""
     proxies = sorted({v for v, _ in objectives})
     cells = []
     for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"])):
@@ -361,6 +364,8 @@ def score_cells(results: List[Dict], pruning, objectives: Dict, pilot: Optional[
         })  # fmt: skip
         print(f"{kd_sweep.cell_key(r):45s} student {r['test_top1']:.2f} %  proxy loss "
               + ", ".join(f"{v} {x:.5f}" for v, x in losses.items()), flush=True)  # fmt: skip
+        if on_cell is not None:
+            on_cell(cells)
     return cells
 
 
@@ -410,24 +415,26 @@ def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=
     def saved() -> Dict:
         return {key(c): c for c in json.loads(path.read_text())["cells"] if c["proxy_loss"]} if path.exists() else {}
 
+    epochs = setting.epochs(profile)
+
+    def save(scored: List[Dict]) -> None:
+        done = {**saved(), **{key(c): c for c in scored}}  # read again: another run may have scored other ratios
+        cells = [done.get(key(r)) or {**{k: r[k] for k in ("method", "ratio", "seed", "test_top1")}, "proxy_loss": {}}
+                 for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"]))]  # fmt: skip
+        write(cells, None, epochs, path, setting.name)
+
     scored_before = saved()
     todo = [r for r in results if key(r) not in scored_before and (ratios is None or r["ratio"] in ratios)
             and (seeds is None or r["seed"] in seeds)]  # fmt: skip
-    epochs = setting.epochs(profile)
-    if todo:
-        pruning = kd_sweep.Context().pruning(setting)
-        inputs = setting_inputs(setting, pruning)
-        objectives = {
-            (v, ratio): OuterObjective(inputs, v, ratio, epochs)
-            for v in ("default", "layer2_2x2") for ratio in sorted({r["ratio"] for r in todo})
-        }  # fmt: skip
-        scored = {key(c): c for c in score_cells(todo, pruning, objectives)}
-    else:
-        scored = {}
-    done = {**saved(), **scored}  # read again: another run may have scored other ratios meanwhile
-    cells = [done.get(key(r)) or {**{k: r[k] for k in ("method", "ratio", "seed", "test_top1")}, "proxy_loss": {}}
-             for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"]))]  # fmt: skip
-    write(cells, None, epochs, path, setting.name)
+    if not todo:
+        return save([])
+    pruning = kd_sweep.Context().pruning(setting)
+    inputs = setting_inputs(setting, pruning)
+    objectives = {
+        (v, ratio): OuterObjective(inputs, v, ratio, epochs)
+        for v in ("default", "layer2_2x2") for ratio in sorted({r["ratio"] for r in todo})
+    }  # fmt: skip
+    score_cells(todo, pruning, objectives, on_cell=save)
 
 
 SHARED_METHODS = ("random", "if-beta", "influence")  # what every setting of the sweep measured
@@ -530,7 +537,8 @@ def write(cells: List[Dict], bias: Optional[Dict], epochs: int, path: Path, sett
               f"{pa['agree']} / {pa['pairs']} |")  # fmt: skip
     report = {"protocol": __doc__.split("\n\n")[1], "setting": setting, "inner_epochs": epochs, "variants": present,
               "cells": cells, "per_ratio": summary, "selection_bias": bias}  # fmt: skip
-    path.write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
+    text = json.dumps(to_jsonable(report), indent=1) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))  # rewritten after every cell of a long run
     print(f"wrote {path}")
 
 if __name__ == "__main__":

@@ -236,16 +236,21 @@ def test_across_settings_counts_each_settings_pairs_on_the_shared_methods(monkey
     assert (tmp_path / "proxy_objectives_by_setting_cpu.json").exists()
 
 
-def test_judge_setting_resumes_and_keeps_every_seeds_students(monkeypatch, tmp_path):
+@pytest.fixture
+def e5_sweep(monkeypatch, tmp_path):
+    """A finished cifar10-e5 sweep (2 methods x 2 ratios x 2 seeds) and objectives that count their calls and can
+    be told to fail at a given call, as a run stopped by the session's end."""
     import json
 
-    calls = []
+    calls, fail_at = [], []
 
     class Objective:
         def __init__(self, inputs, variant, ratio, epochs):
             self.variant, self.epochs = variant, epochs
 
         def __call__(self, kept):
+            if fail_at and len(calls) == fail_at[0]:
+                raise KeyboardInterrupt
             calls.append(self.variant)
             return float(len(kept)) + (self.epochs if self.variant == "default" else 0.0)
 
@@ -259,9 +264,13 @@ def test_judge_setting_resumes_and_keeps_every_seeds_students(monkeypatch, tmp_p
     monkeypatch.setattr(pvs.kd_sweep, "Context", lambda: type("C", (), {"pruning": lambda self, s: _Pruning(kept)})())
     monkeypatch.setattr(pvs, "setting_inputs", lambda setting, pruning: {})
     monkeypatch.setattr(pvs, "OuterObjective", Objective)
-    setting = pvs.kd_sweep.SETTINGS["cifar10-e5"]
-    path = tmp_path / "proxy_vs_students_cpu_cifar10-e5.json"
+    return pvs.kd_sweep.SETTINGS["cifar10-e5"], tmp_path / "proxy_vs_students_cpu_cifar10-e5.json", calls, fail_at
 
+
+def test_judge_setting_resumes_and_keeps_every_seeds_students(e5_sweep):
+    import json
+
+    setting, path, calls, _ = e5_sweep
     pvs.judge_setting(setting, "cpu", ratios=[0.7], seeds=[0])
     cells = json.loads(path.read_text())["cells"]
     assert len(cells) == 8 and sum(bool(c["proxy_loss"]) for c in cells) == 2  # the rest kept, unscored
@@ -270,4 +279,18 @@ def test_judge_setting_resumes_and_keeps_every_seeds_students(monkeypatch, tmp_p
     assert at_07["method_means"]["if-beta"]["proxy_loss"] == 8.0 + 5  # the proxy's budget: the setting's 5 epochs
     pvs.judge_setting(setting, "cpu")
     assert len(calls) == 2 * 8  # each cell scored once by each objective: the second run resumed
+    assert all(c["proxy_loss"] for c in json.loads(path.read_text())["cells"])
+
+
+def test_judge_setting_saves_each_cell_as_it_is_scored(e5_sweep):
+    import json
+
+    setting, path, calls, fail_at = e5_sweep
+    fail_at.append(5)  # stopped inside the third cell: two cells (two objectives each) done
+    with pytest.raises(KeyboardInterrupt):
+        pvs.judge_setting(setting, "cpu")
+    assert sum(bool(c["proxy_loss"]) for c in json.loads(path.read_text())["cells"]) == 2
+    fail_at.clear()
+    pvs.judge_setting(setting, "cpu")
+    assert len(calls) == 5 + 2 * 6  # the rerun scored only the six cells left
     assert all(c["proxy_loss"] for c in json.loads(path.read_text())["cells"])

@@ -37,7 +37,8 @@ one CPU thread; about 10 s per cell plus each method's scoring once (the pilot: 
 view, the teacher's middle stage pooled to 2 x 2) on the cells of another setting of the sweep, with its data,
 labels, teacher and the students' epochs as the proxy's budget; the teacher pass (with the view) runs at the
 precision this machine resolves for the setting, and is cached. Written to
-`benchmarks/results/proxy_vs_students_<profile>_<setting>.json`, without the selection-bias check.
+`benchmarks/results/proxy_vs_students_<profile>_<setting>.json`, without the selection-bias check, after every
+cell; a rerun scores only the cells the file lacks (`--ratios` / `--seeds` narrow it).
 
     python benchmarks/proxy_vs_students.py --setting cifar10-e5
     python benchmarks/proxy_vs_students.py --across_settings    # to proxy_objectives_by_setting_<profile>.json

@@ -17,6 +17,11 @@ committed before the trainer had that cache ran a hand-written loop with the sam
     python benchmarks/kd_sweep.py --profile cpu --settings cifar10-e5   # that setting's cells only
     python benchmarks/kd_sweep.py --profile cpu --cells 'cifar10-e5|if-beta|0.7|1'   # these cells only
     python benchmarks/kd_sweep.py --profile cpu --report   # tables + plots from the JSONL only
+
+The profiles distil under bf16 autocast. A CPU without bfloat16 in hardware (AVX2 only) emulates it many
+times slower than float32, so there the sweep refuses unless told `--precision fp32`. Every row records its
+precision, a cell counts as done only in the precision it ran in, and the report pairs a method with random
+only within one precision (`report.comparable`).
 """
 
 import argparse
@@ -54,6 +59,24 @@ PROFILES = {
 }
 ALPHA, TAU = 0.9, 4.0
 ENGINE = "trainer"  # DistillationTrainer with the teacher-logit cache
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class Run:
+    """How one invocation distils its cells: the profile's recipe, at `precision` (the profile's unless overridden)."""
+
+    profile: str
+    precision: str
+    threads: int = 0  # torch threads per cell; 0 picks by the machine's load
+
+    @classmethod
+    def of(cls, profile: str, precision: Optional[str] = None, threads: int = 0) -> "Run":
+        return cls(profile, precision or PROFILES[profile]["precision"], threads)
+
+    @property
+    def recipe(self) -> Dict:
+        return {**PROFILES[self.profile], "precision": self.precision}
 
 
 @dataclass(frozen=True)
@@ -239,8 +262,9 @@ def cell_key(cell: Dict) -> str:
 
 
 def done_key(row: Dict) -> str:
-    """What a finished row counts as: its cell and the engine that ran it (`loop` before the trainer's cache)."""
-    return f"{cell_key(row)}|{row.get('engine', 'loop')}"
+    """What a finished row counts as: its cell, the engine that ran it (`loop` before the trainer's cache) and the
+    precision the student was distilled in (every row before `--precision` existed: bf16)."""
+    return f"{cell_key(row)}|{row.get('engine', 'loop')}|{row.get('precision', 'bf16')}"
 
 
 def parse_cell(key: str) -> Dict:
@@ -368,7 +392,7 @@ def student_optimizer(student: torch.nn.Module, cfg: Dict, steps: int):
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=steps)
 
 
-def distil(setting: Setting, profile: str, train, test, rows: np.ndarray, seed: int, teacher, alpha: float = ALPHA):
+def distil(setting: Setting, run: Run, train, test, rows: np.ndarray, seed: int, teacher, alpha: float = ALPHA):
     """Distil the setting's student from scratch on `rows` of `train` with DistillationTrainer; accuracy and timings."""
     import timm
     from transformers.trainer_callback import PrinterCallback
@@ -376,7 +400,7 @@ def distil(setting: Setting, profile: str, train, test, rows: np.ndarray, seed: 
     from hf_ifbeta import DistillationTrainer, DistillationTrainingArguments
     from hf_ifbeta.data import prepare_image_dataset
 
-    cfg, epochs = PROFILES[profile], setting.epochs(profile)
+    cfg, epochs = run.recipe, setting.epochs(run.profile)
     torch.manual_seed(seed)
     student = timm.create_model(setting.student, num_classes=setting.num_classes)
     columns = (setting.image_column, setting.label_column)
@@ -408,7 +432,7 @@ def distil(setting: Setting, profile: str, train, test, rows: np.ndarray, seed: 
     }
 
 
-def run_cell(cell: Dict, profile: str, ctx: Context, log=print, threads: int = 0) -> Dict:
+def run_cell(cell: Dict, run: Run, ctx: Context, log=print) -> Dict:
     setting = SETTINGS[cell["setting"]]
     method, ratio, seed = cell["method"], cell["ratio"], cell["seed"]
     train, test, flipped = ctx.data(setting)
@@ -419,9 +443,10 @@ def run_cell(cell: Dict, profile: str, ctx: Context, log=print, threads: int = 0
     else:
         rows, policy, timings, hessian = ctx.pruning(setting).select(method, ratio, seed)
         prune_time = sum(timings.values())
-    torch.set_num_threads(threads or pick_threads())
-    log(f"cell {cell_key(cell)}: {len(rows)} rows, {setting.epochs(profile)} epochs, {torch.get_num_threads()} threads")
-    out = distil(setting, profile, train, test, np.asarray(rows), seed, teacher, alpha=0.0 if method == "full-nokd" else ALPHA)
+    torch.set_num_threads(run.threads or pick_threads())
+    log(f"cell {cell_key(cell)}: {len(rows)} rows, {setting.epochs(run.profile)} epochs, {run.precision}, "
+        f"{torch.get_num_threads()} threads")
+    out = distil(setting, run, train, test, np.asarray(rows), seed, teacher, alpha=0.0 if method == "full-nokd" else ALPHA)
     noise = {}
     if flipped is not None:
         kept = np.zeros(len(train), dtype=bool)
@@ -434,11 +459,11 @@ def run_cell(cell: Dict, profile: str, ctx: Context, log=print, threads: int = 0
     return {
         **cell,
         "engine": ENGINE,
-        "profile": profile,
+        "profile": run.profile,
         "setting_spec": asdict(setting),
         "kept": int(len(rows)),
-        "precision": PROFILES[profile]["precision"],
-        "epochs": setting.epochs(profile),
+        "precision": run.precision,
+        "epochs": setting.epochs(run.profile),
         "prune_time_s": prune_time,
         "prune_timings": timings,
         "hessian": hessian,  # older cells lack it: theirs was "exact" (every head had P <= 20,000)
@@ -461,6 +486,10 @@ def main(argv=None):
         help="run these cells (in this order, skipping those already done) instead of the default queue",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per cell; 0 picks by the machine's load")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=None,
+        help="distil in this precision instead of the profile's; cells count as done, and pair, per precision",
+    )
     parser.add_argument("--report", action="store_true", help="print the tables and make plots, run nothing")
     parser.add_argument(
         "--allow_emulated_bf16", action="store_true",
@@ -475,28 +504,31 @@ def main(argv=None):
 
         report(out_path)
         return
+    run = Run.of(args.profile, args.precision, args.threads)
     done = {done_key(r) for r in read_results(out_path)}
     queue = [parse_cell(key) for key in args.cells] if args.cells else default_cells(args.settings)
     todo = [
         c for c in queue
-        if f"{cell_key(c)}|{ENGINE}" not in done and (not args.methods or c["method"] in args.methods)
-    ]
+        if done_key({**c, "engine": ENGINE, "precision": run.precision}) not in done
+        and (not args.methods or c["method"] in args.methods)
+    ]  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if todo and PROFILES[args.profile]["precision"] == "bf16" and not native_bf16(device) and not args.allow_emulated_bf16:
-        # Every committed cell of the profile distilled under bf16; float32 would not pair with them.
+    if todo and run.precision == "bf16" and not native_bf16(device) and not args.allow_emulated_bf16:
+        # Float32 only when asked for: its cells pair with no bf16 cell, so a group must be rerun in it whole.
         hardware = (
             f"CPU (torch capability {torch.backends.cpu.get_cpu_capability()}; no AVX512-BF16 or AMX)"
             if device.type == "cpu" else torch.cuda.get_device_name(device)
         )
         parser.error(
             f"profile {args.profile!r} distils under bf16 autocast, which this {hardware} does not compute natively: "
-            "its cells would run many times slower. Run them on a machine that does, or pass --allow_emulated_bf16."
+            "its cells would run many times slower. Run them on a machine that does, distil in float32 with "
+            "--precision fp32 (those cells pair only with other fp32 cells), or pass --allow_emulated_bf16."
         )
-    print(f"{len(done)} cells done, {len(todo)} to go -> {out_path} (code {code_version()})", flush=True)
+    print(f"{len(done)} cells done, {len(todo)} to go in {run.precision} -> {out_path} (code {code_version()})", flush=True)
     ctx, new = Context(), 0
     for cell in todo:
         try:
-            row = run_cell(cell, args.profile, ctx, log=lambda s: print(s, flush=True), threads=args.threads)
+            row = run_cell(cell, run, ctx, log=lambda s: print(s, flush=True))
         except FileNotFoundError as err:  # a setting whose data or teacher is not built yet
             print(f"skip {cell_key(cell)}: {err}", flush=True)
             continue

@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import kd_sweep  # noqa: E402
 from proxy_calibration import _spearman, load_inputs  # noqa: E402
+from report import comparable  # noqa: E402  (the cells the sweep's tables pair)
 
 from hf_ifbeta.files import atomic_write  # noqa: E402
 from hf_ifbeta.influence import influence_scores  # noqa: E402
@@ -302,7 +303,7 @@ def main(argv=None):
     variants = tuple(args.variants or VARIANTS)
 
     results = [
-        r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{args.profile}.jsonl")
+        r for r in comparable(kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{args.profile}.jsonl"))[0]
         if r.get("setting", "cifar10") == "cifar10" and r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
     ]  # fmt: skip
     if args.variants:  # only the cells already scored, so that every variant sees the same cells
@@ -405,7 +406,7 @@ def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=
     setting whose proxies are dear (Tiny-ImageNet's 202-class heads on all its rows) can be spread over runs. Cells not
     scored stay in the file without losses, so that the students' means are over every seed."""
     results = [
-        r for r in kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{profile}.jsonl")
+        r for r in comparable(kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{profile}.jsonl"))[0]
         if r.get("setting", "cifar10") == setting.name and r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
     ]  # fmt: skip
     if not results:

@@ -40,6 +40,27 @@ def engine_of(row) -> str:
     return row.get("engine", "loop")
 
 
+def precision_of(row) -> str:
+    return row.get("precision", "bf16")  # rows from before the sweep took --precision distilled in bf16
+
+
+def comparable(rows):
+    """(rows that pair, rows left out): per (setting, ratio, seed), only the rows distilled in one precision, the one
+    its random cell ran in (of several, the one more of the group ran in; bf16 on a tie), since a pair is to hold
+    everything but the method fixed."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(setting_of(r), r["ratio"], r["seed"])].append(r)
+    kept, left_out = [], []
+    for group in groups.values():
+        candidates = {precision_of(r) for r in group if r["method"] == "random"} or {precision_of(r) for r in group}
+        count = lambda p: sum(precision_of(r) == p for r in group)  # noqa: E731
+        chosen = max(sorted(candidates), key=lambda p: (count(p), p == "bf16"))
+        for r in group:
+            (kept if precision_of(r) == chosen else left_out).append(r)
+    return kept, left_out
+
+
 def paired_interval(diffs, level: float = 0.95):
     """(mean, low, high) of paired differences: the t-interval over seeds; no interval with fewer than 2."""
     from scipy.stats import t
@@ -71,6 +92,7 @@ def summarise(rows):
                 "method": method,
                 "ratio": ratio,
                 "seeds": sorted(by_seed),
+                "precisions": sorted({precision_of(r) for r in by_seed.values()}),
                 "top1_mean": float(acc.mean()),
                 "top1_std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
                 "top1_min": float(acc.min()),
@@ -134,7 +156,23 @@ def _diff(s) -> str:
     return f"{s['paired_diff_vs_random']:+.2f}{ci} ({s['paired_seeds']})"
 
 
-def table(summary, profile, title="") -> str:
+def _precision_note(summary, left_out=()) -> str:
+    """Where the students were not all distilled in bf16 autocast: which cells ran in what, and what did not pair."""
+    other = [s for s in summary if s.get("precisions", ["bf16"]) != ["bf16"]]
+    if not other and not left_out:
+        return ""
+    note = "Students distilled under bf16 autocast"
+    if other:
+        where = "; ".join(f"{s['method']} {s['ratio']}: {', '.join(s['precisions'])}" for s in other)
+        note += f", except (a seed's methods always in one precision) {where}"
+    note += "."
+    if left_out:
+        cells = "; ".join(f"{r['method']} {r['ratio']} seed {r['seed']} ({precision_of(r)})" for r in left_out)
+        note += f" Left out, since that seed's random cell ran in another precision: {cells}."
+    return note
+
+
+def table(summary, profile, title="", left_out=()) -> str:
     noisy = any(s.get("flipped_kept_share") is not None for s in summary)
     lines = [
         f"{title}Profile `{profile}`. Test top-1 (%) of the student distilled from scratch on the kept rows; "
@@ -158,8 +196,8 @@ def table(summary, profile, title="") -> str:
             f"| {s['method']} | {s['ratio']} | {kept} | {s['top1_mean']:.2f}{spread} | {len(s['seeds'])} | {_diff(s)} | {ab} | "
             f"{_seconds(s['prune_time_s'])} | {s['kd_time_s']:.0f} |{flipped}"
         )
-    note = _solver_note(summary)
-    return "\n".join(lines + (["", note] if note else []))
+    notes = [n for n in (_solver_note(summary), _precision_note(summary, left_out)) if n]
+    return "\n".join(lines + [line for n in notes for line in ("", n)])
 
 
 def verdict(summary, ratios=(0.3, 0.5, 0.7), margin=0.5):
@@ -418,7 +456,7 @@ def _replace_block(doc: str, start: str, end: str, text: str) -> str:
 
 def report(path):
     path = Path(path)
-    rows = load(path)
+    rows, left_out = comparable(load(path))
     profile = rows[0]["profile"] if rows else path.stem
     groups, engine_check = split_rows(rows)
     summaries = {setting: summarise(group) for setting, group in groups.items()}
@@ -432,7 +470,8 @@ def report(path):
          "if_beta_minus_random": {k: {str(r): v for r, v in row.items()} for k, row in overview.items()}},
         indent=2,
     ))
-    text = "\n\n".join(filter(None, [table(summary, profile), verdict_table(verdicts), versus_default_table(candidates)]))
+    base_left_out = [r for r in left_out if setting_of(r) == BASE_SETTING]
+    text = "\n\n".join(filter(None, [table(summary, profile, left_out=base_left_out), verdict_table(verdicts), versus_default_table(candidates)]))
     parts = [settings_table(overview)]
     if engine_check:
         parts.append(engine_table(groups.get(BASE_SETTING, []), engine_check))
@@ -440,7 +479,8 @@ def report(path):
         if setting != BASE_SETTING:
             first = next((r for r in groups[setting] if r.get("setting_spec")), None)
             title = f"**{setting}**" + (f" ({_describe(first)}). " if first else ". ")
-            parts.append(table(setting_summary, profile, title=title))
+            setting_left_out = [r for r in left_out if setting_of(r) == setting]
+            parts.append(table(setting_summary, profile, title=title, left_out=setting_left_out))
     settings_text = "\n\n".join(parts)
     print(text + "\n\n" + settings_text)
     if summary:

@@ -134,3 +134,29 @@ def test_a_setting_whose_cells_used_different_hessian_solvers_names_each_cells_s
     assert text.endswith("if-beta 0.5: seed 0 exact, seed 1 kfac. Cells from before the solver was recorded ran exact.")
     same = report.summarise([{**old, "hessian": "kfac"}, {**cell("if-beta", 0.5, 1, 40.2), "hessian": "kfac"}])
     assert "Hessian solver" not in report.table(same, "cpu")  # one solver throughout: nothing to say
+
+
+def test_a_method_pairs_with_random_only_in_the_precision_its_seeds_random_ran_in():
+    e30 = {"setting": "cifar10-e30", "engine": "trainer"}
+    old = {**cell("if-beta", 0.3, 0, 87.2), **e30, "precision": "bf16"}  # its seed's random never ran in bf16
+    rows = [old, {**cell("if-beta", 0.7, 0, 84.0), **e30}, {**cell("random", 0.7, 0, 83.6), **e30}]  # no field: bf16
+    for seed, base in ((0, 86.0), (1, 86.5)):
+        fp32 = {**e30, "precision": "fp32"}
+        rows += [{**cell("random", 0.3, seed, base), **fp32}, {**cell("if-beta", 0.3, seed, base + 0.4), **fp32}]
+    rows.append({**cell("full", 0.0, 0, 88.0), **e30, "precision": "fp32"})  # no random to pair with: kept
+    kept, left_out = report.comparable(rows)
+    assert left_out == [old] and len(kept) == len(rows) - 1
+    summary = report.summarise(kept)
+    ifb = {s["ratio"]: s for s in summary if s["method"] == "if-beta"}
+    assert ifb[0.3]["paired_diff_vs_random"] == pytest.approx(0.4) and ifb[0.3]["paired_seeds"] == 2
+    assert ifb[0.3]["top1_mean"] == pytest.approx(86.65) and ifb[0.3]["precisions"] == ["fp32"]
+    assert ifb[0.7]["paired_diff_vs_random"] == pytest.approx(0.4) and ifb[0.7]["precisions"] == ["bf16"]
+    text = report.table(summary, "cpu", left_out=left_out)
+    assert "except (a seed's methods always in one precision) full 0.0: fp32; if-beta 0.3: fp32; random 0.3: fp32." in text
+    assert "Left out, since that seed's random cell ran in another precision: if-beta 0.3 seed 0 (bf16)." in text
+    # where random ran in both, the precision more of the seed's cells ran in wins, bf16 on a tie
+    both = [{**cell("random", 0.5, 0, 80.0), "precision": "bf16"}, {**cell("random", 0.5, 0, 80.3), "precision": "fp32"}]
+    assert [r["precision"] for r in report.comparable(both)[0]] == ["bf16"]
+    more = both + [{**cell("if-beta", 0.5, 0, 81.0), "precision": "fp32"}]
+    assert [r["precision"] for r in report.comparable(more)[0]] == ["fp32", "fp32"]
+    assert report._precision_note(report.summarise(report.comparable(rows[1:3])[0])) == ""  # all bf16: no note

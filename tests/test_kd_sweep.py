@@ -49,8 +49,10 @@ def test_default_queue_covers_every_setting_of_the_protocol():
 def test_cells_from_before_settings_and_engines_are_cifar10_loop_cells():
     old = {"method": "random", "ratio": 0.7, "seed": 0, "test_top1": 81.1}
     assert kd_sweep.cell_key(old) == "cifar10|random|0.7|0"
-    assert kd_sweep.done_key(old) == "cifar10|random|0.7|0|loop"
-    assert kd_sweep.done_key({**old, "setting": "cifar10-e5", "engine": "trainer"}) == "cifar10-e5|random|0.7|0|trainer"
+    assert kd_sweep.done_key(old) == "cifar10|random|0.7|0|loop|bf16"
+    new = {**old, "setting": "cifar10-e5", "engine": "trainer"}
+    assert kd_sweep.done_key(new) == "cifar10-e5|random|0.7|0|trainer|bf16"
+    assert kd_sweep.done_key({**new, "precision": "fp32"}) == "cifar10-e5|random|0.7|0|trainer|fp32"
 
 
 def test_parse_cell_names_what_is_wrong():
@@ -236,3 +238,30 @@ def test_a_bf16_profile_refuses_hardware_that_emulates_bfloat16(tmp_path, monkey
     monkeypatch.setattr(kd_sweep, "native_bf16", lambda device: True)
     kd_sweep.main(["--profile", "smoke", "--cells", cell])  # done already: nothing to run, nothing to refuse
     assert len(ran) == 1
+
+
+def test_fp32_cells_run_where_bf16_is_emulated_and_count_as_done_in_fp32_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kd_sweep, "RESULTS", tmp_path)
+    monkeypatch.setattr(kd_sweep.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(kd_sweep, "native_bf16", lambda device: False)
+    runs = []
+
+    def fake_run_cell(cell, run, ctx, log=print):
+        runs.append(run)
+        return dict(cell, test_top1=50.0, kd_time_s=1.0, teacher_forward_rows=0, engine=kd_sweep.ENGINE, precision=run.precision)
+
+    monkeypatch.setattr(kd_sweep, "run_cell", fake_run_cell)
+    bf16_row = dict(setting="cifar10-e30", method="if-beta", ratio=0.3, seed=0, engine=kd_sweep.ENGINE, precision="bf16")
+    (tmp_path / "kd_sweep_smoke.jsonl").write_text(json.dumps(bf16_row) + "\n")
+    cells = ["cifar10-e30|if-beta|0.3|0", "cifar10-e30|random|0.3|0"]
+    with pytest.raises(SystemExit):
+        kd_sweep.main(["--profile", "smoke", "--cells", *cells])
+    assert "--precision fp32" in capsys.readouterr().err and runs == []
+    kd_sweep.main(["--profile", "smoke", "--precision", "fp32", "--threads", "1", "--cells", *cells])
+    assert runs == [kd_sweep.Run("smoke", "fp32", 1)] * 2  # the bf16 cell does not count as done in fp32
+    rows = kd_sweep.read_results(tmp_path / "kd_sweep_smoke.jsonl")
+    assert [(r["method"], r["precision"]) for r in rows] == [("if-beta", "bf16"), ("if-beta", "fp32"), ("random", "fp32")]
+    kd_sweep.main(["--profile", "smoke", "--precision", "fp32", "--cells", *cells])  # all done now
+    assert len(runs) == 2
+    assert kd_sweep.Run.of("cpu").recipe == kd_sweep.PROFILES["cpu"]
+    assert kd_sweep.Run.of("cpu", "fp32").recipe == {**kd_sweep.PROFILES["cpu"], "precision": "fp32"}

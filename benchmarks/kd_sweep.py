@@ -19,7 +19,8 @@ committed before the trainer had that cache ran a hand-written loop with the sam
     python benchmarks/kd_sweep.py --profile cpu --report   # tables + plots from the JSONL only
 
 The profiles distil under bf16 autocast. A CPU without bfloat16 in hardware (AVX2 only) emulates it many
-times slower than float32, so there the sweep refuses unless told `--precision fp32`. Every row records its
+times slower than float32, so there the sweep refuses unless told `--precision fp32` (or, knowing the cost,
+`--allow_emulated_bf16`). Every row records its
 precision, a cell counts as done only in the precision it ran in, and the report pairs a method with random
 only within one precision (`report.comparable`).
 """
@@ -524,7 +525,8 @@ def main(argv=None):
             "its cells would run many times slower. Run them on a machine that does, distil in float32 with "
             "--precision fp32 (those cells pair only with other fp32 cells), or pass --allow_emulated_bf16."
         )
-    print(f"{len(done)} cells done, {len(todo)} to go in {run.precision} -> {out_path} (code {code_version()})", flush=True)
+    print(f"{len(done)} rows in the file, {len(todo)} cells to go in {run.precision} -> {out_path} "
+          f"(code {code_version()})", flush=True)
     ctx, new = Context(), 0
     for cell in todo:
         try:

@@ -421,7 +421,9 @@ def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=
 
     def save(scored: List[Dict]) -> None:
         done = {**saved(), **{key(c): c for c in scored}}  # read again: another run may have scored other ratios
-        cells = [done.get(key(r)) or {**{k: r[k] for k in ("method", "ratio", "seed", "test_top1")}, "proxy_loss": {}}
+        # the student from the sweep's row as it stands: a cell rerun in another precision keeps its proxy losses
+        # (they depend on the kept rows only) and takes the rerun's accuracy
+        cells = [{"proxy_loss": {}, **done.get(key(r), {}), **{k: r[k] for k in ("method", "ratio", "seed", "test_top1")}}
                  for r in sorted(results, key=lambda r: (r["ratio"], r["method"], r["seed"]))]  # fmt: skip
         write(cells, None, epochs, path, setting.name)
 

@@ -45,16 +45,16 @@ def precision_of(row) -> str:
 
 
 def comparable(rows):
-    """(rows that pair, rows left out): per (setting, ratio, seed), only the rows distilled in one precision, the one
-    its random cell ran in (of several, the one more of the group ran in; bf16 on a tie), since a pair is to hold
-    everything but the method fixed."""
+    """(rows that pair, rows left out): per (setting, ratio, seed), only the rows distilled in one precision, since a
+    pair is to hold everything but the method fixed. That is the precision its random cell ran in; where random ran
+    in several or in none (full data), the one more of its methods ran in, bf16 on a tie."""
     groups = defaultdict(list)
     for r in rows:
         groups[(setting_of(r), r["ratio"], r["seed"])].append(r)
     kept, left_out = [], []
     for group in groups.values():
         candidates = {precision_of(r) for r in group if r["method"] == "random"} or {precision_of(r) for r in group}
-        count = lambda p: sum(precision_of(r) == p for r in group)  # noqa: E731
+        count = lambda p: len({r["method"] for r in group if precision_of(r) == p})  # noqa: E731  (engine reruns once)
         chosen = max(sorted(candidates), key=lambda p: (count(p), p == "bf16"))
         for r in group:
             (kept if precision_of(r) == chosen else left_out).append(r)
@@ -157,7 +157,7 @@ def _diff(s) -> str:
 
 
 def _precision_note(summary, left_out=()) -> str:
-    """Where the students were not all distilled in bf16 autocast: which cells ran in what, and what did not pair."""
+    """Which cells were not distilled in bf16 autocast, and which `comparable` left out; empty when neither."""
     other = [s for s in summary if s.get("precisions", ["bf16"]) != ["bf16"]]
     if not other and not left_out:
         return ""
@@ -168,7 +168,7 @@ def _precision_note(summary, left_out=()) -> str:
     note += "."
     if left_out:
         cells = "; ".join(f"{r['method']} {r['ratio']} seed {r['seed']} ({precision_of(r)})" for r in left_out)
-        note += f" Left out, since that seed's random cell ran in another precision: {cells}."
+        note += f" Left out, since their seed's cells at that ratio ran in another precision (`comparable`): {cells}."
     return note
 
 

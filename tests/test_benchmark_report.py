@@ -153,10 +153,14 @@ def test_a_method_pairs_with_random_only_in_the_precision_its_seeds_random_ran_i
     assert ifb[0.7]["paired_diff_vs_random"] == pytest.approx(0.4) and ifb[0.7]["precisions"] == ["bf16"]
     text = report.table(summary, "cpu", left_out=left_out)
     assert "except (a seed's methods always in one precision) full 0.0: fp32; if-beta 0.3: fp32; random 0.3: fp32." in text
-    assert "Left out, since that seed's random cell ran in another precision: if-beta 0.3 seed 0 (bf16)." in text
+    assert "Left out, since their seed's cells at that ratio ran in another precision (`comparable`): if-beta 0.3 seed 0 (bf16)." in text
     # where random ran in both, the precision more of the seed's cells ran in wins, bf16 on a tie
     both = [{**cell("random", 0.5, 0, 80.0), "precision": "bf16"}, {**cell("random", 0.5, 0, 80.3), "precision": "fp32"}]
     assert [r["precision"] for r in report.comparable(both)[0]] == ["bf16"]
     more = both + [{**cell("if-beta", 0.5, 0, 81.0), "precision": "fp32"}]
     assert [r["precision"] for r in report.comparable(more)[0]] == ["fp32", "fp32"]
     assert report._precision_note(report.summarise(report.comparable(rows[1:3])[0])) == ""  # all bf16: no note
+    # a method rerun by another engine counts once: one bf16 method against two fp32 ones
+    rerun = [{**cell("random", 0.5, 1, 80.0), "engine": e} for e in ("loop", "trainer")]
+    fp32 = [{**cell(m, 0.5, 1, 80.2), "precision": "fp32"} for m in ("random", "if-beta")]
+    assert report.comparable(rerun + fp32) == (fp32, rerun)

@@ -265,3 +265,25 @@ def test_fp32_cells_run_where_bf16_is_emulated_and_count_as_done_in_fp32_only(tm
     assert len(runs) == 2
     assert kd_sweep.Run.of("cpu").recipe == kd_sweep.PROFILES["cpu"]
     assert kd_sweep.Run.of("cpu", "fp32").recipe == {**kd_sweep.PROFILES["cpu"], "precision": "fp32"}
+
+
+def test_run_cell_distils_in_its_runs_precision_and_records_it(monkeypatch):
+    distilled = []
+
+    def fake_distil(setting, run, train, test, rows, seed, teacher, alpha):
+        distilled.append((run, len(rows)))
+        return {"test_top1": 50.0, "kd_time_s": 1.0, "images_per_s": 1.0, "teacher_forward_rows": 0, "teacher_logits_reused": 0}
+
+    class Ctx:
+        def data(self, setting):
+            return list(range(6)), [], None
+
+        def teacher(self, setting):
+            return None
+
+    monkeypatch.setattr(kd_sweep, "distil", fake_distil)
+    monkeypatch.setattr(kd_sweep, "code_version", lambda: "test")
+    run = kd_sweep.Run.of("cpu", "fp32", threads=1)
+    row = kd_sweep.run_cell(dict(setting="cifar10-e30", method="full", ratio=0.0, seed=0), run, Ctx(), log=lambda s: None)
+    assert distilled == [(run, 6)] and row["precision"] == "fp32" and row["epochs"] == 30 and row["profile"] == "cpu"
+    assert kd_sweep.done_key(row) == "cifar10-e30|full|0.0|0|trainer|fp32"

@@ -294,3 +294,22 @@ def test_judge_setting_saves_each_cell_as_it_is_scored(e5_sweep):
     pvs.judge_setting(setting, "cpu")
     assert len(calls) == 5 + 2 * 6  # the rerun scored only the six cells left
     assert all(c["proxy_loss"] for c in json.loads(path.read_text())["cells"])
+
+
+def test_judge_setting_takes_the_students_of_a_seed_rerun_in_another_precision(e5_sweep):
+    import json
+
+    setting, path, calls, _ = e5_sweep
+    pvs.judge_setting(setting, "cpu", ratios=[0.7], seeds=[0])
+    sweep = pvs.kd_sweep.RESULTS / "kd_sweep_cpu.jsonl"
+    rows = [json.loads(line) for line in sweep.read_text().splitlines()]
+    group = [r for r in rows if r["ratio"] == 0.7 and r["seed"] == 0]
+    rows = [r for r in rows if r["method"] != "random" or r not in group]  # its random never ran in bf16 ...
+    rows += [{**r, "precision": "fp32", "test_top1": r["test_top1"] + 5} for r in group]  # ... but reran in fp32
+    sweep.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pvs.judge_setting(setting, "cpu", ratios=[0.7], seeds=[0])
+    assert len(calls) == 2 * 2  # nothing scored again: the proxy depends on the kept rows only
+    assert len(json.loads(path.read_text())["cells"]) == 8  # seed 0's bf16 IF-Beta left out: it has no bf16 random
+    cells = {(c["method"], c["seed"]): c for c in json.loads(path.read_text())["cells"] if c["ratio"] == 0.7}
+    assert cells[("random", 0)]["test_top1"] == 75.0 and cells[("if-beta", 0)]["test_top1"] == 76.0
+    assert cells[("if-beta", 1)]["test_top1"] == 72.0 and all(cells[(m, 0)]["proxy_loss"] for m in ("random", "if-beta"))

@@ -20,9 +20,8 @@ committed before the trainer had that cache ran a hand-written loop with the sam
 
 The profiles distil under bf16 autocast. A CPU without bfloat16 in hardware (AVX2 only) emulates it many
 times slower than float32, so there the sweep refuses unless told `--precision fp32` (or, knowing the cost,
-`--allow_emulated_bf16`). Every row records its
-precision, a cell counts as done only in the precision it ran in, and the report pairs a method with random
-only within one precision (`report.comparable`).
+`--allow_emulated_bf16`). Every row records its precision, a cell counts as done only in the precision it ran
+in, and the report pairs a method with random only within one precision (`report.comparable`).
 """
 
 import argparse

@@ -41,11 +41,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import hf_ifbeta  # noqa: E402  (registers the CIFAR ResNets)
 from hf_ifbeta.features import native_bf16  # noqa: E402
 from hf_ifbeta.models import load_model  # noqa: E402
 from hf_ifbeta.pruner import to_jsonable  # noqa: E402
+from report import precision_of, report  # noqa: E402  (benchmarks/report.py)
 
 SHARED = Path(os.environ.get("HF_IFBETA_SHARED", ROOT.parent / "shared"))
 CACHE = ROOT / "benchmarks" / "cache"
@@ -263,8 +265,8 @@ def cell_key(cell: Dict) -> str:
 
 def done_key(row: Dict) -> str:
     """What a finished row counts as: its cell, the engine that ran it (`loop` before the trainer's cache) and the
-    precision the student was distilled in (every row before `--precision` existed: bf16)."""
-    return f"{cell_key(row)}|{row.get('engine', 'loop')}|{row.get('precision', 'bf16')}"
+    precision the student was distilled in (`report.precision_of`)."""
+    return f"{cell_key(row)}|{row.get('engine', 'loop')}|{precision_of(row)}"
 
 
 def parse_cell(key: str) -> Dict:
@@ -499,9 +501,6 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"kd_sweep_{args.profile}.jsonl"
     if args.report:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from report import report  # benchmarks/report.py
-
         report(out_path)
         return
     run = Run.of(args.profile, args.precision, args.threads)

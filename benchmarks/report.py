@@ -158,7 +158,7 @@ def _diff(s) -> str:
 
 def _precision_note(summary, left_out=()) -> str:
     """Which cells were not distilled in bf16 autocast, and which `comparable` left out; empty when neither."""
-    other = [s for s in summary if s.get("precisions", ["bf16"]) != ["bf16"]]
+    other = [s for s in summary if s["precisions"] != ["bf16"]]
     if not other and not left_out:
         return ""
     note = "Students distilled under bf16 autocast"
@@ -457,6 +457,9 @@ def _replace_block(doc: str, start: str, end: str, text: str) -> str:
 def report(path):
     path = Path(path)
     rows, left_out = comparable(load(path))
+    left_out_of = defaultdict(list)
+    for r in left_out:
+        left_out_of[setting_of(r)].append(r)
     profile = rows[0]["profile"] if rows else path.stem
     groups, engine_check = split_rows(rows)
     summaries = {setting: summarise(group) for setting, group in groups.items()}
@@ -470,8 +473,7 @@ def report(path):
          "if_beta_minus_random": {k: {str(r): v for r, v in row.items()} for k, row in overview.items()}},
         indent=2,
     ))
-    base_left_out = [r for r in left_out if setting_of(r) == BASE_SETTING]
-    text = "\n\n".join(filter(None, [table(summary, profile, left_out=base_left_out), verdict_table(verdicts), versus_default_table(candidates)]))
+    text = "\n\n".join(filter(None, [table(summary, profile, left_out=left_out_of[BASE_SETTING]), verdict_table(verdicts), versus_default_table(candidates)]))
     parts = [settings_table(overview)]
     if engine_check:
         parts.append(engine_table(groups.get(BASE_SETTING, []), engine_check))
@@ -479,8 +481,7 @@ def report(path):
         if setting != BASE_SETTING:
             first = next((r for r in groups[setting] if r.get("setting_spec")), None)
             title = f"**{setting}**" + (f" ({_describe(first)}). " if first else ". ")
-            setting_left_out = [r for r in left_out if setting_of(r) == setting]
-            parts.append(table(setting_summary, profile, title=title, left_out=setting_left_out))
+            parts.append(table(setting_summary, profile, title=title, left_out=left_out_of[setting]))
     settings_text = "\n\n".join(parts)
     print(text + "\n\n" + settings_text)
     if summary:

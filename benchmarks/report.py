@@ -384,6 +384,14 @@ def engine_table(loop_rows, trainer_rows) -> str:
     return "\n".join(lines)
 
 
+def trainer_only(base_rows, engine_check):
+    """The base setting's cells distilled by the trainer, each method paired only with the trainer's own random
+    cells, so that no pair mixes engines; only the ratios where the trainer ran random."""
+    rows = [r for r in base_rows if engine_of(r) != "loop"] + list(engine_check)
+    ratios = {r["ratio"] for r in rows if r["method"] == "random"}
+    return summarise([r for r in rows if r["ratio"] in ratios])
+
+
 def settings_summary(summaries, method="if-beta", ratios=(0.3, 0.5, 0.7)):
     """{setting: {ratio: (mean, low, high, pairs)}} of `method` minus random."""
     out = {}
@@ -477,6 +485,10 @@ def report(path):
     parts = [settings_table(overview)]
     if engine_check:
         parts.append(engine_table(groups.get(BASE_SETTING, []), engine_check))
+        same_engine = trainer_only(groups.get(BASE_SETTING, []), engine_check)
+        if same_engine:
+            title = f"**{BASE_SETTING}, trainer cells only** (each paired with the trainer's random on the same seed). "
+            parts.append(table(same_engine, profile, title=title))
     for setting, setting_summary in summaries.items():
         if setting != BASE_SETTING:
             first = next((r for r in groups[setting] if r.get("setting_spec")), None)

@@ -116,6 +116,18 @@ def test_settings_get_their_own_tables_and_the_summary_pairs_seeds():
     assert "| random | 0.3 | 0 | 80.00 | 80.40 | +0.40 | 1.00 (n = 3) |" in check
 
 
+def test_trainer_cells_pair_only_with_the_trainers_random():
+    loop = [cell("random", 0.7, s, 80.0) for s in (0, 1)] + [cell("random", 0.5, 0, 83.0)]
+    trainer = [{**cell("random", 0.7, s, 79.0 + s), "engine": "trainer"} for s in (0, 1)]
+    trainer += [{**cell("if-beta@new", r, s, 80.0), "engine": "trainer"} for r in (0.5, 0.7) for s in (0, 1)]
+    groups, engine_check = report.split_rows(loop + trainer)
+    summary = report.trainer_only(groups["cifar10"], engine_check)
+    by = {(s["method"], s["ratio"]): s for s in summary}
+    assert set(by) == {("random", 0.7), ("if-beta@new", 0.7)}  # no trainer random at 0.5: left out
+    new = by[("if-beta@new", 0.7)]
+    assert new["paired_diff_vs_random"] == pytest.approx(0.5) and new["paired_seeds"] == 2  # +1.0 and 0.0
+
+
 def test_a_setting_names_its_teacher_weights_when_they_are_not_the_architectures_own():
     spec = {"train_file": "cache/tiny_imagenet/train.parquet", "teacher": "cifar10_resnet56", "student": "cifar10_resnet20",
             "teacher_checkpoint": "models/tiny_imagenet_resnet56.pt", "label_noise": 0.0}  # fmt: skip

@@ -360,7 +360,7 @@ def split_rows(rows):
 
 def engine_table(loop_rows, trainer_rows) -> str:
     """The trainer's reruns of committed cells next to the loop's, with the loop cells' spread over seeds."""
-    loop = {(r["method"], r["ratio"], r["seed"]): r["test_top1"] for r in loop_rows}
+    loop = {(r["method"], r["ratio"], r["seed"]): r["test_top1"] for r in loop_rows if engine_of(r) == "loop"}
     spread = defaultdict(list)
     for (method, ratio, _), top1 in loop.items():
         spread[(method, ratio)].append(top1)

@@ -112,6 +112,8 @@ def test_settings_get_their_own_tables_and_the_summary_pairs_seeds():
     assert "| cifar10-noisy20 | +0.60 [" in text and "| – |" in text  # ratio 0.5 missing
     noisy_table = report.table(report.summarise(groups["cifar10-noisy20"]), "cpu")
     assert "flipped kept" in noisy_table and "| 40.0 % |" in noisy_table
+    rows.append({**cell("random", 0.3, 3, 90.0), "engine": "trainer"})  # a new seed: not in the loop's spread
+    groups, engine_check = report.split_rows(rows)
     check = report.engine_table(groups["cifar10"], engine_check)
     assert "| random | 0.3 | 0 | 80.00 | 80.40 | +0.40 | 1.00 (n = 3) |" in check
 

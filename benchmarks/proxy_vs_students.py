@@ -77,7 +77,8 @@ from hf_ifbeta.transforms import train_transform  # noqa: E402
 VARIANTS = ("default", "weak16", "scarce1500")
 STAGE_VARIANTS = ("layer1", "layer2", "layer2_2x2", "augmented")
 PILOT_VARIANTS = ("pilot", "pilot_err")  # one short student run per cell gives both
-COVERAGE = ("weak16", *STAGE_VARIANTS, *PILOT_VARIANTS)  # the terms mixed with the default
+KNN_VARIANTS = ("knn_val", "knn_train", "knn_train_2x2")
+COVERAGE = ("weak16", *STAGE_VARIANTS, *KNN_VARIANTS, *PILOT_VARIANTS)  # the terms mixed with the default
 MIX_WEIGHTS = (0.25, 0.5, 0.75)
 PAIR_APART = 0.5  # points of top-1 between two methods' means below which their order is seed noise
 BETAS = {"random": (1.0, 1.0), "beta(2,1)": (2.0, 1.0), "beta(2,0.5)": (2.0, 0.5), "beta(8.6,0.18)": (8.6, 0.18)}
@@ -112,6 +113,54 @@ class OuterObjective:
     def __call__(self, kept: np.ndarray) -> float:
         rows = self.position[np.asarray(kept)]
         return self.objective.subset_loss(rows[rows >= 0])  # rows of V (or outside the subsample) do not train it
+
+
+class KnnObjective:
+    """A non-parametric proxy: the teacher's soft labels (tau 4) of query rows predicted by the mean of their `k`
+    nearest kept rows' (cosine on standardised features), scored by KL(teacher || prediction) over the queries.
+
+    Unlike a linear head, it runs short where kept rows are missing around a query. `knn_val` asks V, the slice the
+    influence ranks were scored on (so leaning subsets sit next to it by construction); `knn_train` and
+    `knn_train_2x2` ask a fixed class-stratified sample of the other training rows, each left out of its own
+    neighbours: how well the kept rows stand in for the whole training split, in the penultimate features and in the
+    teacher's middle stage pooled to 2 x 2 (`layer2_2x2`), a view that does not linearly hold the logits.
+    """
+
+    def __init__(self, inputs, variant: str, k: int = 20, tau: float = 4.0, queries: int = 5000, seed: int = 0):
+        labels, val = inputs["labels"], np.sort(inputs["val_indices"])
+        f = inputs["stages"]["layer2_2x2"] if variant == "knn_train_2x2" else inputs["features"]
+        f = standardised(np.asarray(f, dtype=np.float32))
+        self.features = torch.from_numpy(f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12))
+        self.soft = torch.softmax(torch.from_numpy(np.asarray(inputs["logits"], dtype=np.float32)) / tau, dim=1)
+        self.train = np.setdiff1d(np.arange(labels.size), val)
+        if variant == "knn_val":
+            self.queries = val
+        elif variant in ("knn_train", "knn_train_2x2"):
+            self.queries = stratified_subsample(self.train, labels, queries, np.random.default_rng(seed))
+        else:
+            raise ValueError(f"Unknown k-NN variant {variant!r}; choose from {KNN_VARIANTS}.")
+        self.k = k
+
+    def __call__(self, kept: np.ndarray) -> float:
+        kept = np.intersect1d(np.asarray(kept), self.train)  # V never stands in for anything
+        cand = self.features[kept]
+        total = 0.0
+        for start in range(0, self.queries.size, 1000):
+            q = self.queries[start : start + 1000]
+            sims = self.features[q] @ cand.T
+            own = np.searchsorted(kept, q)  # a query that is kept is not its own neighbour
+            hit = (own < kept.size) & (kept[np.minimum(own, kept.size - 1)] == q)
+            sims[torch.from_numpy(np.flatnonzero(hit)), torch.from_numpy(own[hit])] = -np.inf
+            near = sims.topk(self.k, dim=1).indices
+            pred = self.soft[kept][near].mean(1)
+            target = self.soft[q]
+            total += float((target * (target.clamp_min(1e-12).log() - pred.clamp_min(1e-12).log())).sum())
+        return total / self.queries.size
+
+
+def outer_objective(inputs, variant: str, ratio: float, epochs: int):
+    """The variant's objective for subsets given as dataset row ids (a k-NN one needs neither ratio nor budget)."""
+    return KnnObjective(inputs, variant) if variant in KNN_VARIANTS else OuterObjective(inputs, variant, ratio, epochs)
 
 
 class Pilot:
@@ -316,12 +365,12 @@ def main(argv=None):
     if not results:
         sys.exit(f"No finished pruning cells in kd_sweep_{args.profile}.jsonl yet.")
     inputs, _ = load_inputs(args.allow_teacher_pass)
-    if set(variants) & set(STAGE_VARIANTS):
+    if set(variants) & {*STAGE_VARIANTS, "knn_train_2x2"}:
         inputs["stages"] = load_stages(inputs)
     epochs = kd_sweep.PROFILES[args.profile]["epochs"]
     ratios = sorted({r["ratio"] for r in results})
     proxies = [v for v in variants if v not in PILOT_VARIANTS]
-    objectives = {(v, ratio): OuterObjective(inputs, v, ratio, epochs) for v in proxies for ratio in ratios}
+    objectives = {(v, ratio): outer_objective(inputs, v, ratio, epochs) for v in proxies for ratio in ratios}
     pilot = Pilot(inputs, load_pixels(inputs), args.pilot_steps, args.profile) if "pilot" in variants else None
     pruning = kd_sweep.Pruning(kd_sweep.load_teacher())
 
@@ -527,7 +576,9 @@ def load_pixels(inputs) -> np.ndarray:
 
 def write(cells: List[Dict], bias: Optional[Dict], epochs: int, path: Path, setting: str = "cifar10") -> None:
     """Summaries per variant and ratio (plus the default/weak16 mixes), printed and written with the cells."""
-    present = [v for v in VARIANTS + STAGE_VARIANTS + PILOT_VARIANTS if any(v in c["proxy_loss"] for c in cells)]
+    present = [
+        v for v in VARIANTS + STAGE_VARIANTS + KNN_VARIANTS + PILOT_VARIANTS if any(v in c["proxy_loss"] for c in cells)
+    ]
     summary = [s for v in present for s in summarise(cells, v)]
     for c in (c for c in COVERAGE if c in present and "default" in present):
         terms = summarise(cells, "default", scored_by=c) + [s for s in summary if s["variant"] == c]

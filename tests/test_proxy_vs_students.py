@@ -69,6 +69,41 @@ def test_augmented_variant_trains_on_the_views_and_is_judged_on_the_clean_rows(i
     assert aug(train[::2]) != pytest.approx(default(train[::2]), rel=1e-3)  # the views train it
 
 
+def test_knn_objective_runs_short_where_kept_rows_are_missing(inputs):
+    obj = pvs.outer_objective(inputs, "knn_train", ratio=0.5, epochs=2)
+    assert obj.queries.size == 2700 and not np.isin(obj.queries, inputs["val_indices"]).any()
+    train = np.setdiff1d(np.arange(3000), inputs["val_indices"])
+    labels = inputs["labels"]
+    spread = train[::3]
+    one_sided = train[(labels[train] != 2) | (np.arange(train.size) % 9 == 0)][: spread.size]  # class 2 thinned out
+    assert obj(spread) < obj(one_sided)
+    with_v = np.sort(np.concatenate([spread, inputs["val_indices"]]))
+    assert obj(with_v) == pytest.approx(obj(spread))  # V never stands in for a query
+
+
+def test_knn_objective_leaves_each_query_out_of_its_own_neighbours(inputs):
+    obj = pvs.KnnObjective(inputs, "knn_train", k=1, queries=300)
+    q = obj.queries
+    # kept = the queries themselves: with itself excluded, each is predicted by another row, so the loss is not 0
+    twins = {**inputs, **{key: np.concatenate([inputs[key][:1500]] * 2) for key in ("features", "logits")}}
+    half_v = inputs["val_indices"][inputs["val_indices"] < 1500]
+    twins["val_indices"] = np.concatenate([half_v, half_v + 1500])  # a row and its twin both in V or both out
+    twin_obj = pvs.KnnObjective(twins, "knn_train", k=1, queries=300)
+    # every row has an exact twin 1500 rows away: with the twins kept, each query's neighbour is its twin
+    twin_rows = (twin_obj.queries + 1500) % 3000
+    assert twin_obj(np.union1d(twin_obj.queries, twin_rows)) < 1e-6 < obj(q)
+    with pytest.raises(ValueError, match="Unknown k-NN variant"):
+        pvs.KnnObjective(inputs, "knn_oracle")
+
+
+def test_knn_val_asks_v_and_the_stage_variant_its_view(inputs):
+    assert np.array_equal(pvs.KnnObjective(inputs, "knn_val").queries, inputs["val_indices"])
+    view = np.random.default_rng(3).normal(2.0, 5.0, (3000, 128)).astype(np.float32)
+    obj = pvs.KnnObjective({**inputs, "stages": {"layer2_2x2": view}}, "knn_train_2x2")
+    assert obj.features.shape == (3000, 128)
+    assert float(obj.features.norm(dim=1).mean()) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_summarise_ranks_lower_loss_as_better_per_variant():
     cells = []
     for seed in (0, 1):

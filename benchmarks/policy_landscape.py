@@ -19,6 +19,11 @@ tie-break between policies the objective finds (almost) equally good.
 
     python benchmarks/policy_landscape.py [--threads 1]
     python benchmarks/policy_landscape.py --tie_break
+
+`--knn` evaluates the k-NN objectives of `proxy_vs_students.py` (`knn_train`: the kept rows' teacher soft labels
+standing in for a fixed sample of the training split, in the penultimate features; `knn_train_2x2`: the same in the
+teacher's middle stage) and their half-and-half mix on the same grid, on the hard subsets the sweep would keep
+(`BetaPolicy(a, b).select` over all 50,000 rows' class-wise influence ranks, seed 0), under `knn` in the JSON.
 """
 
 import argparse
@@ -37,10 +42,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import kd_sweep  # noqa: E402
 from proxy_calibration import load_inputs  # noqa: E402
-from proxy_vs_students import load_stages  # noqa: E402
+from proxy_vs_students import KnnObjective, load_stages  # noqa: E402
 
 from hf_ifbeta.config import PrunerConfig  # noqa: E402
-from hf_ifbeta.policy import PolicyObjective, beta_entropy, rank_positions  # noqa: E402
+from hf_ifbeta.policy import BetaPolicy, PolicyObjective, beta_entropy, rank_positions  # noqa: E402
 from hf_ifbeta.policy_learning import (  # noqa: E402
     OuterObjective, bounds_reached, coverage_features, learn_beta_policy, standardised,
 )
@@ -130,6 +135,37 @@ def run_product(inputs, labels, u, val_indices, fields, path: Path, coverage=Non
             path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
 
 
+KNN = ("knn_train", "knn_train_2x2")
+
+
+def run_knn(inputs, u: np.ndarray, path: Path) -> None:
+    """The k-NN objectives and their half-and-half mix (each relative to the uniform policy's loss) on the grid of
+    hard subsets, with the grid argmin per ratio; saved after every ratio."""
+    inputs = {**inputs, "stages": load_stages(inputs)}
+    objectives = {name: KnnObjective(inputs, name) for name in KNN}
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    runs = saved.setdefault("knn", {})
+    for ratio in RATIOS:
+        t0 = time.perf_counter()
+        grids = {name: {} for name in KNN}
+        for ab in GRID2:
+            kept = BetaPolicy(*ab).select(u, ratio, inputs["labels"], seed=0)
+            for name, obj in objectives.items():
+                grids[name][ab] = obj(kept)
+        grids["mix@0.5"] = {ab: sum(0.5 * grids[k][ab] / grids[k][(1.0, 1.0)] for k in KNN) for ab in GRID2}
+        row = {}
+        for name, grid in grids.items():
+            best = min(grid, key=grid.get)
+            row[name] = {"grid_argmin": best, "grid_argmin_on_bound": best[0] in BOX or best[1] in BOX,
+                         "grid": {f"{a:g},{b:g}": v for (a, b), v in grid.items()}}  # fmt: skip
+            print(f"ratio {ratio} {name:13s} grid argmin Beta({best[0]:g}, {best[1]:g})"
+                  f"{' (bound)' if row[name]['grid_argmin_on_bound'] else ''}; loss {grid[best]:.5f}, "
+                  f"uniform {grid[(1.0, 1.0)]:.5f}, Beta(2, 0.5) {grid[(2.0, 0.5)]:.5f}", flush=True)  # fmt: skip
+        runs[str(ratio)] = row
+        path.write_text(json.dumps(to_jsonable(saved), indent=1) + "\n")
+        print(f"ratio {ratio}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", choices=sorted(kd_sweep.PROFILES))
@@ -145,6 +181,7 @@ def main(argv=None):
         "(benchmarks/stage_features.py); with a stage the results go under `coverage_<stage>` in the JSON",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the --product runs")
+    parser.add_argument("--knn", action="store_true", help="the k-NN objectives on the grid of hard subsets")
     parser.add_argument(
         "--learn_tie_break", type=float, default=None, metavar="EPS",
         help="run only the outer loop of the mixes with this entropy tie-break; adds `tie_break_learned` to the JSON",
@@ -157,6 +194,8 @@ def main(argv=None):
     inputs, _ = load_inputs(allow_teacher_pass=False)
     labels, val_indices = inputs["labels"], np.sort(inputs["val_indices"])
     u = rank_positions(inputs["scores"], labels)
+    if args.knn:
+        return run_knn(inputs, u, kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json")
     rng = np.random.default_rng(0)  # the draws of learn_beta_policy(seed=0)
     is_val = np.zeros(labels.size, dtype=bool)
     is_val[val_indices] = True

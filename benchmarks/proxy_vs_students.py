@@ -131,7 +131,7 @@ class KnnObjective:
         f = inputs["stages"]["layer2_2x2"] if variant == "knn_train_2x2" else inputs["features"]
         f = standardised(np.asarray(f, dtype=np.float32))
         self.features = torch.from_numpy(f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12))
-        self.soft = torch.softmax(torch.from_numpy(np.asarray(inputs["logits"], dtype=np.float32)) / tau, dim=1)
+        self.soft = torch.softmax(torch.tensor(np.asarray(inputs["logits"], dtype=np.float32)) / tau, dim=1)
         self.train = np.setdiff1d(np.arange(labels.size), val)
         if variant == "knn_val":
             self.queries = val
@@ -325,7 +325,7 @@ def main(argv=None):
     )
     parser.add_argument("--ratios", type=float, nargs="+", help="with --setting: score only the cells of these ratios")
     parser.add_argument(
-        "--variants", nargs="+", choices=VARIANTS + STAGE_VARIANTS + PILOT_VARIANTS[:1],
+        "--variants", nargs="+", choices=VARIANTS + STAGE_VARIANTS + KNN_VARIANTS + PILOT_VARIANTS[:1],
         help="score only these variants and add them to the saved cells (same method, ratio and seed); default: "
         f"{' '.join(VARIANTS)} on every cell, written afresh",
     )  # fmt: skip

@@ -43,3 +43,26 @@ def test_learn_finds_an_inside_optimum_and_reports_a_bound():
     clipped = landscape.learn(outside, steps=200, lr=0.1)
     assert clipped["on_bound"] and clipped["a"] == pytest.approx(16.0) and clipped["b"] == pytest.approx(0.25)
 
+
+
+def test_run_knn_grids_each_objective_on_hard_subsets_and_saves_per_ratio(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+    n, c = 1200, 3
+    labels = np.arange(n) % c
+    features = rng.standard_normal((n, 8)).astype(np.float32) + 3.0 * np.eye(c, 8, dtype=np.float32)[labels]
+    inputs = {"features": features, "logits": features[:, :c] * 2.0, "labels": labels,
+              "val_indices": np.sort(rng.choice(n, 120, replace=False))}  # fmt: skip
+    monkeypatch.setattr(landscape, "load_stages", lambda inputs: {"layer2_2x2": rng.standard_normal((n, 16))})
+    path = tmp_path / "landscape.json"
+    path.write_text('{"product": {"kept": true}}')
+    u = (np.arange(n) % 400 + 0.5) / 400
+    landscape.run_knn(inputs, u, path)
+    saved = __import__("json").loads(path.read_text())
+    assert saved["product"] == {"kept": True}  # the other runs' entries stay
+    for ratio in landscape.RATIOS:
+        row = saved["knn"][str(ratio)]
+        assert set(row) == {"knn_train", "knn_train_2x2", "mix@0.5"}
+        assert row["mix@0.5"]["grid"]["1,1"] == pytest.approx(1.0)  # each term relative to the uniform policy
+        for entry in row.values():
+            assert len(entry["grid"]) == len(landscape.GRID2)
+            assert entry["grid"][",".join(f"{x:g}" for x in entry["grid_argmin"])] == min(entry["grid"].values())

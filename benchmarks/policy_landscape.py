@@ -22,7 +22,8 @@ tie-break between policies the objective finds (almost) equally good.
 
 `--knn` evaluates the k-NN objectives of `proxy_vs_students.py` (`knn_train`: the kept rows' teacher soft labels
 standing in for a fixed sample of the training split, in the penultimate features; `knn_train_2x2`: the same in the
-teacher's middle stage) and their half-and-half mix on the same grid, on the hard subsets the sweep would keep
+teacher's middle stage), today's objective on a hard subset and their mixes on the same grid, on the hard subsets the
+sweep would keep
 (`BetaPolicy(a, b).select` over all 50,000 rows' class-wise influence ranks, seed 0), under `knn` in the JSON.
 """
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import kd_sweep  # noqa: E402
 from proxy_calibration import load_inputs  # noqa: E402
 from proxy_vs_students import KnnObjective, load_stages  # noqa: E402
+from proxy_vs_students import OuterObjective as ProxyObjective  # noqa: E402  (the proxy on a hard subset)
 
 from hf_ifbeta.config import PrunerConfig  # noqa: E402
 from hf_ifbeta.policy import BetaPolicy, PolicyObjective, beta_entropy, rank_positions  # noqa: E402
@@ -136,29 +138,37 @@ def run_product(inputs, labels, u, val_indices, fields, path: Path, coverage=Non
 
 
 KNN = ("knn_train", "knn_train_2x2")
+KNN_MIXES = {  # name -> [(weight, term)], each term relative to the uniform policy's loss
+    "knn_train+knn_train_2x2": [(0.5, "knn_train"), (0.5, "knn_train_2x2")],
+    "mix@0.5+knn_train_2x2": [(0.5, "default"), (0.5, "knn_train_2x2")],
+    "mix@0.75+knn_train_2x2": [(0.75, "default"), (0.25, "knn_train_2x2")],
+}
 
 
-def run_knn(inputs, u: np.ndarray, path: Path) -> None:
-    """The k-NN objectives and their half-and-half mix (each relative to the uniform policy's loss) on the grid of
-    hard subsets, with the grid argmin per ratio; saved after every ratio."""
+def run_knn(inputs, u: np.ndarray, path: Path, epochs: int) -> None:
+    """The k-NN objectives, today's (`default`: the proxy trained on the kept rows, judged on V, as
+    `proxy_vs_students.py` scores a cell) and their mixes on the grid of hard subsets, with the grid argmin per
+    ratio; saved after every ratio."""
     inputs = {**inputs, "stages": load_stages(inputs)}
-    objectives = {name: KnnObjective(inputs, name) for name in KNN}
     saved = json.loads(path.read_text()) if path.exists() else {}
     runs = saved.setdefault("knn", {})
     for ratio in RATIOS:
         t0 = time.perf_counter()
-        grids = {name: {} for name in KNN}
+        objectives = {name: KnnObjective(inputs, name) for name in KNN}
+        objectives["default"] = ProxyObjective(inputs, "default", ratio, epochs)
+        grids = {name: {} for name in objectives}
         for ab in GRID2:
             kept = BetaPolicy(*ab).select(u, ratio, inputs["labels"], seed=0)
             for name, obj in objectives.items():
                 grids[name][ab] = obj(kept)
-        grids["mix@0.5"] = {ab: sum(0.5 * grids[k][ab] / grids[k][(1.0, 1.0)] for k in KNN) for ab in GRID2}
+        for name, parts in KNN_MIXES.items():
+            grids[name] = {ab: sum(w * grids[k][ab] / grids[k][(1.0, 1.0)] for w, k in parts) for ab in GRID2}
         row = {}
         for name, grid in grids.items():
             best = min(grid, key=grid.get)
             row[name] = {"grid_argmin": best, "grid_argmin_on_bound": best[0] in BOX or best[1] in BOX,
                          "grid": {f"{a:g},{b:g}": v for (a, b), v in grid.items()}}  # fmt: skip
-            print(f"ratio {ratio} {name:13s} grid argmin Beta({best[0]:g}, {best[1]:g})"
+            print(f"ratio {ratio} {name:23s} grid argmin Beta({best[0]:g}, {best[1]:g})"
                   f"{' (bound)' if row[name]['grid_argmin_on_bound'] else ''}; loss {grid[best]:.5f}, "
                   f"uniform {grid[(1.0, 1.0)]:.5f}, Beta(2, 0.5) {grid[(2.0, 0.5)]:.5f}", flush=True)  # fmt: skip
         runs[str(ratio)] = row
@@ -195,7 +205,8 @@ def main(argv=None):
     labels, val_indices = inputs["labels"], np.sort(inputs["val_indices"])
     u = rank_positions(inputs["scores"], labels)
     if args.knn:
-        return run_knn(inputs, u, kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json")
+        return run_knn(inputs, u, kd_sweep.RESULTS / f"policy_landscape_{args.profile}.json",
+                       kd_sweep.PROFILES[args.profile]["epochs"])
     rng = np.random.default_rng(0)  # the draws of learn_beta_policy(seed=0)
     is_val = np.zeros(labels.size, dtype=bool)
     is_val[val_indices] = True

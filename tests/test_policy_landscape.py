@@ -56,13 +56,14 @@ def test_run_knn_grids_each_objective_on_hard_subsets_and_saves_per_ratio(monkey
     path = tmp_path / "landscape.json"
     path.write_text('{"product": {"kept": true}}')
     u = (np.arange(n) % 400 + 0.5) / 400
-    landscape.run_knn(inputs, u, path)
+    landscape.run_knn(inputs, u, path, epochs=2)
     saved = __import__("json").loads(path.read_text())
     assert saved["product"] == {"kept": True}  # the other runs' entries stay
     for ratio in landscape.RATIOS:
         row = saved["knn"][str(ratio)]
-        assert set(row) == {"knn_train", "knn_train_2x2", "mix@0.5"}
-        assert row["mix@0.5"]["grid"]["1,1"] == pytest.approx(1.0)  # each term relative to the uniform policy
+        assert set(row) == {"knn_train", "knn_train_2x2", "default", *landscape.KNN_MIXES}
+        for mix in landscape.KNN_MIXES:
+            assert row[mix]["grid"]["1,1"] == pytest.approx(1.0)  # each term relative to the uniform policy
         for entry in row.values():
             assert len(entry["grid"]) == len(landscape.GRID2)
             assert entry["grid"][",".join(f"{x:g}" for x in entry["grid_argmin"])] == min(entry["grid"].values())

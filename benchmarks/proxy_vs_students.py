@@ -342,7 +342,8 @@ def main(argv=None):
     if args.across_settings:
         return across_settings(args.profile)
     if args.setting != "cifar10":
-        return judge_setting(kd_sweep.SETTINGS[args.setting], args.profile, args.ratios, args.seeds)
+        variants = tuple(args.variants) if args.variants else SETTING_VARIANTS
+        return judge_setting(kd_sweep.SETTINGS[args.setting], args.profile, args.ratios, args.seeds, variants)
     path = kd_sweep.RESULTS / f"proxy_vs_students_{args.profile}.json"
     saved = json.loads(path.read_text()) if path.exists() else None
     if args.summarise:
@@ -448,12 +449,18 @@ def setting_inputs(setting: "kd_sweep.Setting", pruning) -> Dict[str, np.ndarray
     }  # fmt: skip
 
 
-def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=None) -> None:
-    """The default objective, the stage view and their mixes on one setting's finished pruning cells.
+SETTING_VARIANTS = ("default", "layer2_2x2")  # what a setting's cells are judged by unless asked for more
 
-    Resumes: cells its file already scored are kept, and only `ratios` / `seeds` (all when None) are scored now, so a
-    setting whose proxies are dear (Tiny-ImageNet's 202-class heads on all its rows) can be spread over runs. Cells not
-    scored stay in the file without losses, so that the students' means are over every seed."""
+
+def judge_setting(
+    setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=None, variants=SETTING_VARIANTS
+) -> None:
+    """The default objective, the stage view (or `variants`) and their mixes on one setting's finished pruning cells.
+
+    Resumes: a cell keeps the losses its file already holds, and only the `variants` it lacks are scored now, on
+    `ratios` / `seeds` (all when None), so a setting whose proxies are dear (Tiny-ImageNet's 202-class heads on all
+    its rows) can be spread over runs. Cells not scored stay in the file without losses, so that the students' means
+    are over every seed."""
     results = [
         r for r in comparable(kd_sweep.read_results(kd_sweep.RESULTS / f"kd_sweep_{profile}.jsonl"))[0]
         if r.get("setting", "cifar10") == setting.name and r["ratio"] > 0 and r["method"] not in ("full", "full-nokd")
@@ -469,7 +476,10 @@ def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=
     epochs = setting.epochs(profile)
 
     def save(scored: List[Dict]) -> None:
-        done = {**saved(), **{key(c): c for c in scored}}  # read again: another run may have scored other ratios
+        done = saved()  # read again: another run may have scored other ratios
+        for c in scored:
+            before = done.get(key(c), {}).get("proxy_loss", {})
+            done[key(c)] = {**c, "proxy_loss": {**before, **c["proxy_loss"]}}
         # the student from the sweep's row as it stands: a cell rerun in another precision keeps its proxy losses
         # (they depend on the kept rows only) and takes the rerun's accuracy
         cells = [{"proxy_loss": {}, **done.get(key(r), {}), **{k: r[k] for k in ("method", "ratio", "seed", "test_top1")}}
@@ -477,21 +487,27 @@ def judge_setting(setting: "kd_sweep.Setting", profile: str, ratios=None, seeds=
         write(cells, None, epochs, path, setting.name)
 
     scored_before = saved()
-    todo = [r for r in results if key(r) not in scored_before and (ratios is None or r["ratio"] in ratios)
+    lacking = lambda r: set(variants) - set(scored_before.get(key(r), {}).get("proxy_loss", {}))  # noqa: E731
+    todo = [r for r in results if lacking(r) and (ratios is None or r["ratio"] in ratios)
             and (seeds is None or r["seed"] in seeds)]  # fmt: skip
     if not todo:
         return save([])
     pruning = kd_sweep.Context().pruning(setting)
     inputs = setting_inputs(setting, pruning)
     objectives = {
-        (v, ratio): OuterObjective(inputs, v, ratio, epochs)
-        for v in ("default", "layer2_2x2") for ratio in sorted({r["ratio"] for r in todo})
+        (v, ratio): outer_objective(inputs, v, ratio, epochs)
+        for v in sorted(set().union(*(lacking(r) for r in todo))) for ratio in sorted({r["ratio"] for r in todo})
     }  # fmt: skip
-    score_cells(todo, pruning, objectives, on_cell=save)
+    for need in sorted({tuple(sorted(lacking(r))) for r in todo}):  # each cell scored by what it lacks only
+        cells = [r for r in todo if tuple(sorted(lacking(r))) == need]
+        score_cells(cells, pruning, {k: o for k, o in objectives.items() if k[0] in need}, on_cell=save)
 
 
 SHARED_METHODS = ("random", "if-beta", "influence")  # what every setting of the sweep measured
-BY_SETTING = ("default", "layer2_2x2", "mix@0.5+layer2_2x2", "mix@0.25+layer2_2x2")
+BY_SETTING = (
+    "default", "layer2_2x2", "mix@0.5+layer2_2x2", "mix@0.25+layer2_2x2", "knn_train", "knn_train_2x2",
+    "mix@0.75+knn_train_2x2",
+)  # fmt: skip
 
 
 def across_settings(profile: str) -> List[Dict]:
@@ -502,8 +518,10 @@ def across_settings(profile: str) -> List[Dict]:
     for path in sorted(kd_sweep.RESULTS.glob(f"proxy_vs_students_{profile}*.json")):
         saved = json.loads(path.read_text())
         cells = [c for c in saved["cells"] if c["method"] in SHARED_METHODS]
-        summary = summarise(cells, "default") + summarise(cells, "layer2_2x2")
+        present = [v for v in ("default", "layer2_2x2", *KNN_VARIANTS) if any(v in c["proxy_loss"] for c in cells)]
+        summary = [s for v in present for s in summarise(cells, v)]
         summary += [s for w in (0.5, 0.25) for s in mixed(summary, w, "layer2_2x2")]
+        summary += mixed(summary, 0.75, "knn_train_2x2")
         for ratio in sorted({s["ratio"] for s in summary}):
             at = {s["variant"]: s for s in summary if s["ratio"] == ratio}
             students = {m: v["test_top1"] for m, v in at["default"]["method_means"].items()}

@@ -317,6 +317,23 @@ def test_judge_setting_resumes_and_keeps_every_seeds_students(e5_sweep):
     assert all(c["proxy_loss"] for c in json.loads(path.read_text())["cells"])
 
 
+def test_judge_setting_adds_only_the_variants_a_cell_lacks(e5_sweep, monkeypatch):
+    import json
+
+    setting, path, calls, _ = e5_sweep
+    objective = pvs.OuterObjective  # the fixture's counting objective
+    monkeypatch.setattr(pvs, "KnnObjective", lambda inputs, variant: objective(inputs, variant, None, 0))
+    pvs.judge_setting(setting, "cpu", ratios=[0.7])
+    assert len(calls) == 2 * 4
+    pvs.judge_setting(setting, "cpu", variants=("default", "knn_train"))
+    # the four ratio-0.7 cells lacked knn_train only; the four at 0.5 lacked both
+    assert calls[8:].count("knn_train") == 8 and calls[8:].count("default") == 4
+    cells = json.loads(path.read_text())["cells"]
+    at_07 = [c["proxy_loss"] for c in cells if c["ratio"] == 0.7]
+    assert all(set(loss) == {"default", "layer2_2x2", "knn_train"} for loss in at_07)  # the earlier losses kept
+    assert all(set(c["proxy_loss"]) == {"default", "knn_train"} for c in cells if c["ratio"] == 0.5)
+
+
 def test_judge_setting_saves_each_cell_as_it_is_scored(e5_sweep):
     import json
 

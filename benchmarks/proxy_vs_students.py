@@ -20,6 +20,9 @@ methods' seed means. The same for variants of the outer objective that the metho
 - `augmented`: the proxy sees what the student sees, the teacher's penultimate features of one pad-crop-flip view
   of each kept row (`stage_features.py`), fitted to the teacher's logits of the un-augmented row and judged on V's
   un-augmented features, as the students are trained against cached clean logits and tested on clean images;
+- `knn_val`, `knn_train`, `knn_train_2x2`: a non-parametric proxy, the kept rows' soft labels standing in for their
+  query rows' by k nearest neighbours (`KnnObjective`), asked on V or on the training split, in the penultimate
+  features or the 2 x 2 middle stage;
 - `pilot` (and `pilot_err`, from the same run): a short run of the real student, the sweep's ResNet-20 and
   recipe for `--pilot_steps` steps on the kept rows (V left out), then its cross-entropy (top-1 error) on V.
 

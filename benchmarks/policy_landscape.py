@@ -150,12 +150,12 @@ def run_knn(inputs, u: np.ndarray, path: Path, epochs: int) -> None:
     `proxy_vs_students.py` scores a cell) and their mixes on the grid of hard subsets, with the grid argmin per
     ratio; saved after every ratio."""
     inputs = {**inputs, "stages": load_stages(inputs)}
+    knn = {name: KnnObjective(inputs, name) for name in KNN}  # the same at every ratio
     saved = json.loads(path.read_text()) if path.exists() else {}
     runs = saved.setdefault("knn", {})
     for ratio in RATIOS:
         t0 = time.perf_counter()
-        objectives = {name: KnnObjective(inputs, name) for name in KNN}
-        objectives["default"] = ProxyObjective(inputs, "default", ratio, epochs)
+        objectives = {**knn, "default": ProxyObjective(inputs, "default", ratio, epochs)}
         grids = {name: {} for name in objectives}
         for ab in GRID2:
             kept = BetaPolicy(*ab).select(u, ratio, inputs["labels"], seed=0)

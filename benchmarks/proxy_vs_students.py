@@ -146,7 +146,7 @@ class KnnObjective:
 
     def __call__(self, kept: np.ndarray) -> float:
         kept = np.intersect1d(np.asarray(kept), self.train)  # V never stands in for anything
-        cand = self.features[kept]
+        cand, soft = self.features[kept], self.soft[kept]
         total = 0.0
         for start in range(0, self.queries.size, 1000):
             q = self.queries[start : start + 1000]
@@ -155,7 +155,7 @@ class KnnObjective:
             hit = (own < kept.size) & (kept[np.minimum(own, kept.size - 1)] == q)
             sims[torch.from_numpy(np.flatnonzero(hit)), torch.from_numpy(own[hit])] = -np.inf
             near = sims.topk(self.k, dim=1).indices
-            pred = self.soft[kept][near].mean(1)
+            pred = soft[near].mean(1)
             target = self.soft[q]
             total += float((target * (target.clamp_min(1e-12).log() - pred.clamp_min(1e-12).log())).sum())
         return total / self.queries.size

@@ -23,8 +23,8 @@ tie-break between policies the objective finds (almost) equally good.
 `--knn` evaluates the k-NN objectives of `proxy_vs_students.py` (`knn_train`: the kept rows' teacher soft labels
 standing in for a fixed sample of the training split, in the penultimate features; `knn_train_2x2`: the same in the
 teacher's middle stage), today's objective on a hard subset and their mixes on the same grid, on the hard subsets the
-sweep would keep
-(`BetaPolicy(a, b).select` over all 50,000 rows' class-wise influence ranks, seed 0), under `knn` in the JSON.
+sweep would keep (`BetaPolicy(a, b).select` over all 50,000 rows' class-wise influence ranks, seed 0), under `knn`
+in the JSON.
 """
 
 import argparse
@@ -140,8 +140,7 @@ def run_product(inputs, labels, u, val_indices, fields, path: Path, coverage=Non
 KNN = ("knn_train", "knn_train_2x2")
 KNN_MIXES = {  # name -> [(weight, term)], each term relative to the uniform policy's loss
     "knn_train+knn_train_2x2": [(0.5, "knn_train"), (0.5, "knn_train_2x2")],
-    "mix@0.5+knn_train_2x2": [(0.5, "default"), (0.5, "knn_train_2x2")],
-    "mix@0.75+knn_train_2x2": [(0.75, "default"), (0.25, "knn_train_2x2")],
+    **{f"mix@{lam}+knn_train_2x2": mix_weights(f"mix@{lam}", "knn_train_2x2") for lam in (0.5, 0.75)},
 }
 
 

@@ -1,6 +1,7 @@
 """benchmarks/policy_landscape.py: the objectives' mix and the entropy tie-break on a saved grid."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,6 @@ def test_learn_finds_an_inside_optimum_and_reports_a_bound():
     assert clipped["on_bound"] and clipped["a"] == pytest.approx(16.0) and clipped["b"] == pytest.approx(0.25)
 
 
-
 def test_run_knn_grids_each_objective_on_hard_subsets_and_saves_per_ratio(monkeypatch, tmp_path):
     rng = np.random.default_rng(0)
     n, c = 1200, 3
@@ -57,7 +57,7 @@ def test_run_knn_grids_each_objective_on_hard_subsets_and_saves_per_ratio(monkey
     path.write_text('{"product": {"kept": true}}')
     u = (np.arange(n) % 400 + 0.5) / 400
     landscape.run_knn(inputs, u, path, epochs=2)
-    saved = __import__("json").loads(path.read_text())
+    saved = json.loads(path.read_text())
     assert saved["product"] == {"kept": True}  # the other runs' entries stay
     for ratio in landscape.RATIOS:
         row = saved["knn"][str(ratio)]

@@ -8,7 +8,7 @@ Every difference to random is paired (the same seeds) and comes with a 95 % t-in
 differences over seeds. Prints the tables, writes `<stem>_summary.json`, `<stem>_accuracy.png`,
 `<stem>_policies.png` (the CIFAR-10 setting) and `<stem>_settings.png` (IF-Beta minus random per
 setting and ratio) next to the JSONL, and refreshes the blocks between the `<!-- sweep-table -->` and
-`<!-- settings-table -->` markers in docs/results.md.
+`<!-- settings-table -->` and `<!-- family-table -->` markers in docs/results.md.
 """
 
 import argparse
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- sweep-table:start -->", "<!-- sweep-table:end -->"
 SETTINGS_START, SETTINGS_END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+FAMILY_START, FAMILY_END = "<!-- family-table:start -->", "<!-- family-table:end -->"
 BASE_SETTING = "cifar10"  # cells without a setting: the sweep before settings existed
 # Configurations that could replace the default (`if-beta`), compared with it seed by seed.
 DEFAULT_CANDIDATES = ('if-beta@policy_learned_by="stage2x2"',)
@@ -392,6 +393,77 @@ def trainer_only(base_rows, engine_check):
     return summarise([r for r in rows if r["ratio"] in ratios])
 
 
+def in_beta_family(method: str, base: str = "if-beta") -> bool:
+    """Whether `method` draws a Beta over the default's ranks: the default, or a variant that sets only `policy_*`
+    fields (a fixed (a, b), another box, another outer objective); other fields change the ranking itself."""
+    if method == base:
+        return True
+    name, _, spec = method.partition("@")
+    return name == base and bool(spec) and all(part.split("=")[0].startswith("policy_") for part in spec.split(","))
+
+
+def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop")):
+    """Per ratio, every Beta policy distilled over the default's ranks (random is Beta(1, 1)), each seed paired with
+    random on the same seed and engine, the first of `engines` that has both cells; and per ratio the policy with
+    the best mean difference, picked with hindsight, with the average of those bests over the ratios."""
+    cells = {(r["method"], r["ratio"], r["seed"], engine_of(r)): r for r in rows}
+    policies = []
+    for ratio in ratios:
+        methods = sorted({m for (m, q, _, _) in cells if q == ratio and in_beta_family(m)})
+        for method in methods:
+            pairs, ab = [], []
+            for seed in sorted({s for (m, q, s, _) in cells if m == method and q == ratio}):
+                engine = next((e for e in engines if (method, ratio, seed, e) in cells and ("random", ratio, seed, e) in cells), None)
+                if engine is None:
+                    continue
+                mine = cells[(method, ratio, seed, engine)]
+                pairs.append(mine["test_top1"] - cells[("random", ratio, seed, engine)]["test_top1"])
+                if mine.get("policy") and "a" in mine["policy"]:
+                    ab.append((mine["policy"]["a"], mine["policy"]["b"]))
+            if not pairs:
+                continue
+            mean, low, high = paired_interval(pairs)
+            a, b = np.mean(ab, axis=0) if ab else (np.nan, np.nan)
+            policies.append({"method": method, "ratio": ratio, "a": float(a), "b": float(b), "pairs": len(pairs),
+                             "diff_vs_random": mean, "ci95": None if low is None else [low, high]})
+        random = [s for (m, q, s, _) in cells if m == "random" and q == ratio]
+        if random:
+            policies.append({"method": "random", "ratio": ratio, "a": 1.0, "b": 1.0, "pairs": len(set(random)),
+                             "diff_vs_random": 0.0, "ci95": None})
+    best = {}
+    for p in policies:
+        if p["ratio"] not in best or p["diff_vs_random"] > best[p["ratio"]]["diff_vs_random"]:
+            best[p["ratio"]] = p
+    complete = all(r in best for r in ratios)
+    average = float(np.mean([best[r]["diff_vs_random"] for r in ratios])) if complete else None
+    return {"policies": policies, "best": {r: p["method"] for r, p in best.items()}, "best_average": average}
+
+
+def beta_family_table(family) -> str:
+    if not family["policies"]:
+        return ""
+    lines = [
+        "Every Beta policy over the default's ranks, minus random on the same seed and engine (the trainer's where a "
+        "seed ran on both; a cell without random on its engine is left out); (a, b) = the mean over seeds of the "
+        "policy the cells drew from; mean a / (a + b) = how far it leans to the top of the ranking.",
+        "",
+        "| ratio | policy | (a, b) | mean a / (a + b) | Δ vs random [95 % CI] (pairs) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    order = lambda p: (p["ratio"], p["a"] / (p["a"] + p["b"]), p["a"] + p["b"])  # noqa: E731
+    for p in sorted(family["policies"], key=order):
+        ci = f" [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" if p["ci95"] else ""
+        diff = "" if p["method"] == "random" else f"{p['diff_vs_random']:+.2f}{ci} ({p['pairs']})"
+        lines.append(f"| {p['ratio']} | {p['method']} | ({p['a']:.2f}, {p['b']:.2f}) | {p['a'] / (p['a'] + p['b']):.2f} | {diff} |")
+    by = {(p["ratio"], p["method"]): p for p in family["policies"]}
+    picks = "; ".join(
+        f"{r}: {m} {by[(r, m)]['diff_vs_random']:+.2f} ({by[(r, m)]['pairs']})" for r, m in sorted(family["best"].items())
+    )
+    average = f"{family['best_average']:+.2f}" if family["best_average"] is not None else "incomplete"
+    lines += ["", f"Best mean per ratio, picked with hindsight: {picks}; their average {average}."]
+    return "\n".join(lines)
+
+
 def settings_summary(summaries, method="if-beta", ratios=(0.3, 0.5, 0.7)):
     """{setting: {ratio: (mean, low, high, pairs)}} of `method` minus random."""
     out = {}
@@ -476,8 +548,10 @@ def report(path):
     verdicts = verdict(summary)
     candidates = versus_default(groups.get(BASE_SETTING, []), engine_check=engine_check)
     overview = settings_summary(summaries)
+    family = beta_family([*groups.get(BASE_SETTING, []), *engine_check])
     Path(f"{stem}_summary.json").write_text(json.dumps(
         {"cells": summary, "verdict": verdicts, "versus_default": candidates, "settings": summaries,
+         "beta_family": {**family, "best": {str(r): m for r, m in family["best"].items()}},
          "if_beta_minus_random": {k: {str(r): v for r, v in row.items()} for k, row in overview.items()}},
         indent=2,
     ))
@@ -495,14 +569,16 @@ def report(path):
             title = f"**{setting}**" + (f" ({_describe(first)}). " if first else ". ")
             parts.append(table(setting_summary, profile, title=title, left_out=left_out_of[setting]))
     settings_text = "\n\n".join(parts)
-    print(text + "\n\n" + settings_text)
+    family_text = beta_family_table(family)
+    print("\n\n".join(filter(None, [text, settings_text, family_text])))
     if summary:
         plots(summary, stem)
     if overview:
         settings_plot(overview, f"{stem}_settings.png")
     if DOC.exists():
         doc = _replace_block(DOC.read_text(), START, END, text)
-        DOC.write_text(_replace_block(doc, SETTINGS_START, SETTINGS_END, settings_text))
+        doc = _replace_block(doc, SETTINGS_START, SETTINGS_END, settings_text)
+        DOC.write_text(_replace_block(doc, FAMILY_START, FAMILY_END, family_text))
     return summary
 
 

@@ -178,3 +178,27 @@ def test_a_method_pairs_with_random_only_in_the_precision_its_seeds_random_ran_i
     rerun = [{**cell("random", 0.5, 1, 80.0), "engine": e} for e in ("loop", "trainer")]
     fp32 = [{**cell(m, 0.5, 1, 80.2), "precision": "fp32"} for m in ("random", "if-beta")]
     assert report.comparable(rerun + fp32) == (fp32, rerun)
+
+
+def test_the_beta_family_pairs_within_one_engine_and_picks_the_best_per_ratio():
+    assert report.in_beta_family("if-beta") and report.in_beta_family("if-beta@policy_a=1,policy_b=2")
+    assert report.in_beta_family('if-beta@policy_learned_by="stage2x2"')
+    assert not report.in_beta_family("if-beta@l2=0.01,policy_max_ab=50") and not report.in_beta_family("influence")
+    trainer = lambda c, a=None, b=None: {**c, "engine": "trainer", "policy": {"a": a, "b": b} if a else None}  # noqa: E731
+    rows = [cell("random", 0.7, s, 80.0) for s in (0, 1)] + [trainer(cell("random", 0.7, s, 81.0)) for s in (0, 1)]
+    rows += [{**cell("if-beta", 0.7, 1, 80.5), "policy": {"a": 2.0, "b": 0.5}}]  # the loop's pair on seed 1: +0.5
+    rows += [trainer(cell("if-beta", 0.7, 0, 81.1), 2.0, 0.5), {**cell("if-beta", 0.7, 0, 90.0), "policy": {"a": 2.0, "b": 0.5}}]
+    rows += [trainer(cell("if-beta@policy_a=1,policy_b=2", 0.7, s, 80.0), 1.0, 2.0) for s in (0, 1)]
+    rows += [trainer(cell("if-beta@l2=0.01", 0.7, 0, 99.0), 2.0, 0.5)]  # another ranking: not in the family
+    rows += [cell("random", 0.3, 0, 85.0), trainer(cell("if-beta@policy_max_ab=3", 0.3, 0, 99.0), 3.0, 0.33)]  # no trainer random
+    family = report.beta_family(rows, ratios=(0.3, 0.7))
+    by = {(p["ratio"], p["method"]): p for p in family["policies"]}
+    assert set(by) == {(0.7, "if-beta"), (0.7, "if-beta@policy_a=1,policy_b=2"), (0.7, "random"), (0.3, "random")}
+    assert by[(0.7, "if-beta")]["diff_vs_random"] == pytest.approx(0.3)  # trainer's +0.1 on seed 0, not the loop's +10
+    assert by[(0.7, "if-beta@policy_a=1,policy_b=2")]["diff_vs_random"] == pytest.approx(-1.0)
+    assert family["best"] == {0.3: "random", 0.7: "if-beta"} and family["best_average"] == pytest.approx(0.15)
+    text = report.beta_family_table(family)
+    assert "| 0.7 | if-beta@policy_a=1,policy_b=2 | (1.00, 2.00) | 0.33 | -1.00 [-1.00, -1.00] (2) |" in text
+    assert text.index("policy_a=1") < text.index("| 0.7 | random") < text.index("| 0.7 | if-beta |")  # by lean
+    assert text.endswith("0.3: random +0.00 (1); 0.7: if-beta +0.30 (2); their average +0.15.")
+    assert report.beta_family([])["best_average"] is None and report.beta_family_table(report.beta_family([])) == ""

@@ -321,6 +321,7 @@ class Pruning:
             overrides.update(policy_a=a, policy_b=b)
             key = (method, ratio, seed)
         preset = overrides.pop("preset", None)  # a named configuration (`hf_ifbeta.config.PRESETS`), other fields on top
+        cutoff = overrides.pop("rank_cutoff", None)
         if key not in self.results:
             pruner = DatasetPruner(
                 self.teacher, PrunerConfig.from_preset(preset) if preset else None,
@@ -331,8 +332,29 @@ class Pruning:
         result = self.results[key]
         indices = result.select_indices(ratio, seed=seed)
         policy = result.policy if learned_by is None else {**result.policy, "learned_by": LEARNED_POLICIES[learned_by]}
+        if cutoff is not None:
+            indices = select_above(result, policy, ratio, seed, float(cutoff))
+            policy = {**policy, "rank_cutoff": float(cutoff)}
         hessian = getattr(result, "provenance", {}).get("influence", {}).get("hessian")
         return Selection(indices, policy, dict(result.timings), hessian)
+
+
+def select_above(result, policy: Dict, ratio: float, seed: int, cutoff: float) -> np.ndarray:
+    """A policy family beyond the Beta, tried here before the product: the cell's Beta over the class-wise ranks,
+    drawn first from the rows ranked at or above `cutoff` of their class (`if-beta@...,rank_cutoff=0.3`). The same
+    Gumbel keys as `BetaPolicy.select` on the same seed, so that `cutoff=0` keeps the same rows."""
+    from hf_ifbeta.policy import BetaPolicy, rank_positions
+    from hf_ifbeta.selection import gumbel_top_k, num_kept, select_per_class
+
+    if not 0.0 <= cutoff < 1.0:
+        raise ValueError(f"rank_cutoff must be in [0, 1), got {cutoff}.")
+    if not (result.config.get("stratify", True) and policy.get("a")):
+        raise ValueError("rank_cutoff needs a stratified Beta policy (if-beta with stratify=true).")
+    u = rank_positions(result.scores, result.labels, stratify=True)
+    log_w = BetaPolicy(policy["a"], policy["b"]).log_weights(u)
+    log_w[u < cutoff] -= 1e6  # below every key above the cutoff, in their own order, for a class that runs short
+    pick = gumbel_top_k(log_w, np.random.default_rng(seed), draw="rows")
+    return select_per_class(result.labels, num_kept(len(u), ratio), True, pick)
 
 
 class Selection(NamedTuple):

@@ -287,3 +287,41 @@ def test_run_cell_distils_in_its_runs_precision_and_records_it(monkeypatch):
     row = kd_sweep.run_cell(dict(setting="cifar10-e30", method="full", ratio=0.0, seed=0), run, Ctx(), log=lambda s: None)
     assert distilled == [(run, 6)] and row["precision"] == "fp32" and row["epochs"] == 30 and row["profile"] == "cpu"
     assert kd_sweep.done_key(row) == "cifar10-e30|full|0.0|0|trainer|fp32"
+
+
+def test_a_rank_cutoff_draws_the_cells_beta_from_the_rows_above_it_first(monkeypatch):
+    from types import SimpleNamespace
+
+    from hf_ifbeta.policy import BetaPolicy, rank_positions
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    result = SimpleNamespace(scores=rng.normal(size=200), labels=labels, config={"stratify": True})
+    u = rank_positions(result.scores, labels)
+    same = kd_sweep.select_above(result, {"a": 2.0, "b": 0.5}, 0.7, 3, cutoff=0.0)
+    assert np.array_equal(same, BetaPolicy(2.0, 0.5).select(u, 0.7, labels=labels, seed=3))  # the product's rows
+    kept = kd_sweep.select_above(result, {"a": 1.0, "b": 1.0}, 0.7, 3, cutoff=0.3)
+    assert len(kept) == 60 and u[kept].min() >= 0.3 and np.all(np.bincount(labels[kept]) == 15)
+    short = kd_sweep.select_above(result, {"a": 1.0, "b": 1.0}, 0.3, 3, cutoff=0.5)  # 35 per class, 25 above
+    assert np.sum(u[short] >= 0.5) == 100 and len(short) == 140  # every row above it, then 40 from below
+    with pytest.raises(ValueError, match=r"rank_cutoff must be in \[0, 1\), got 1.0"):
+        kd_sweep.select_above(result, {"a": 1.0, "b": 1.0}, 0.7, 3, cutoff=1.0)
+    with pytest.raises(ValueError, match="rank_cutoff needs a stratified Beta policy"):
+        kd_sweep.select_above(SimpleNamespace(**{**vars(result), "config": {"stratify": False}}), {"a": 1.0, "b": 1.0}, 0.7, 3, 0.3)
+
+    made = []
+
+    class FakePruner:
+        def __init__(self, teacher, config=None, **kwargs):
+            made.append(kwargs)
+
+        def score(self, train):
+            return SimpleNamespace(**vars(result), select_indices=lambda ratio, seed: np.arange(3), timings={},
+                                   policy={"a": 1.0, "b": 1.0, "learned": False})  # fmt: skip
+
+    import hf_ifbeta
+
+    monkeypatch.setattr(hf_ifbeta, "DatasetPruner", FakePruner)
+    picked = kd_sweep.Pruning(teacher=None, train=[0]).select("if-beta@policy_a=1,policy_b=1,rank_cutoff=0.3", 0.7, 3)
+    assert "rank_cutoff" not in made[-1] and (made[-1]["policy_a"], made[-1]["policy_b"]) == (1, 1)
+    assert np.array_equal(picked.indices, kept) and picked.policy["rank_cutoff"] == 0.3

@@ -25,7 +25,7 @@ SETTINGS_START, SETTINGS_END = "<!-- settings-table:start -->", "<!-- settings-t
 FAMILY_START, FAMILY_END = "<!-- family-table:start -->", "<!-- family-table:end -->"
 BASE_SETTING = "cifar10"  # cells without a setting: the sweep before settings existed
 # Configurations that could replace the default (`if-beta`), compared with it seed by seed.
-DEFAULT_CANDIDATES = ('if-beta@policy_learned_by="stage2x2"',)
+DEFAULT_CANDIDATES = ('if-beta@policy_learned_by="stage2x2"', "if-beta@policy_a=1,policy_b=1,rank_cutoff=0.3")
 ORDER = ["if-beta", "influence", "random", "el2n", "entropy", "ccs", "moderate", "dual-beta", "self-influence"]
 
 

@@ -439,6 +439,29 @@ def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop")):
     return {"policies": policies, "best": {r: p["method"] for r, p in best.items()}, "best_average": average}
 
 
+def pooled_noise(rows, ratio: float, engine: str = "trainer"):
+    """The methods distilled on `engine` at `ratio` on every seed its random ran on, as a (method x seed) table
+    fitted by method + seed effects: the residual sd (the seed-to-seed noise of a paired difference, pooled over
+    every method), the F test of "no method differs", and the half-width of the 95 % interval of any method's
+    difference to random under that pooled noise. None with fewer than three methods or two seeds."""
+    from scipy.stats import f as f_dist, t
+
+    cells = {(r["method"], r["seed"]): r["test_top1"] for r in rows if r["ratio"] == ratio and engine_of(r) == engine}
+    seeds = sorted(s for (m, s) in cells if m == "random")
+    methods = sorted({m for (m, _) in cells if all((m, s) in cells for s in seeds)})
+    if len(methods) < 3 or len(seeds) < 2:
+        return None
+    y = np.array([[cells[(m, s)] for s in seeds] for m in methods])
+    residual = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    df = (len(methods) - 1) * (len(seeds) - 1)
+    variance = float((residual**2).sum() / df)
+    between = len(seeds) * float(((y.mean(1) - y.mean()) ** 2).sum()) / (len(methods) - 1)
+    statistic = between / variance if variance > 0 else float("inf")
+    return {"ratio": ratio, "engine": engine, "seeds": seeds, "methods": methods, "residual_sd": variance**0.5, "df": df,
+            "F": statistic, "p": float(f_dist.sf(statistic, len(methods) - 1, df)),
+            "half_width": float(t.ppf(0.975, df) * np.sqrt(2 * variance / len(seeds)))}  # fmt: skip
+
+
 def beta_family_table(family) -> str:
     if not family["policies"]:
         return ""
@@ -461,6 +484,13 @@ def beta_family_table(family) -> str:
     )
     average = f"{family['best_average']:+.2f}" if family["best_average"] is not None else "incomplete"
     lines += ["", f"Best mean per ratio, picked with hindsight: {picks}; their average {average}."]
+    for pooled in family.get("pooled", []):
+        lines += ["", (
+            f"Ratio {pooled['ratio']}, the {len(pooled['methods'])} methods the {pooled['engine']} ran on each of seeds "
+            f"{', '.join(map(str, pooled['seeds']))} (the family's and any other), fitted by method + seed: residual sd "
+            f"{pooled['residual_sd']:.2f} ({pooled['df']} df); the test that no method differs: F = {pooled['F']:.2f}, p = {pooled['p']:.3f}; "
+            f"any method minus random ±{pooled['half_width']:.2f} (95 %) under the pooled noise."
+        )]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -548,7 +578,9 @@ def report(path):
     verdicts = verdict(summary)
     candidates = versus_default(groups.get(BASE_SETTING, []), engine_check=engine_check)
     overview = settings_summary(summaries)
-    family = beta_family([*groups.get(BASE_SETTING, []), *engine_check])
+    base_rows = [*groups.get(BASE_SETTING, []), *engine_check]
+    family = beta_family(base_rows)
+    family["pooled"] = [p for p in (pooled_noise(base_rows, r) for r in (0.3, 0.5, 0.7)) if p]
     Path(f"{stem}_summary.json").write_text(json.dumps(
         {"cells": summary, "verdict": verdicts, "versus_default": candidates, "settings": summaries,
          "beta_family": {**family, "best": {str(r): m for r, m in family["best"].items()}},

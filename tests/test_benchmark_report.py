@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 spec = importlib.util.spec_from_file_location("report", Path(__file__).resolve().parents[1] / "benchmarks" / "report.py")
@@ -202,3 +203,22 @@ def test_the_beta_family_pairs_within_one_engine_and_picks_the_best_per_ratio():
     assert text.index("policy_a=1") < text.index("| 0.7 | random") < text.index("| 0.7 | if-beta |")  # by lean
     assert text.endswith("0.3: random +0.00 (1); 0.7: if-beta +0.30 (2); their average +0.15.")
     assert report.beta_family([])["best_average"] is None and report.beta_family_table(report.beta_family([])) == ""
+
+
+def test_pooled_noise_fits_method_and_seed_effects_on_the_seeds_random_ran_on():
+    from scipy.stats import t
+
+    residual = 0.3 * np.array([[1, -1, 0], [-1, 1, 0], [0, 0, 0]])  # rows and columns sum to 0
+    effects, seeds = {"random": 0.0, "a": 0.5, "b": -0.2}, {0: 80.0, 1: 81.0, 2: 79.5}
+    rows = [{**cell(m, 0.7, s, seeds[s] + effects[m] + residual[i, j]), "engine": "trainer"}
+            for i, m in enumerate(effects) for j, s in enumerate(seeds)]  # fmt: skip
+    rows += [{**cell("c", 0.7, 0, 99.0), "engine": "trainer"}, cell("a", 0.7, 3, 10.0)]  # one seed only; the loop's
+    pooled = report.pooled_noise(rows, 0.7)
+    assert pooled["methods"] == ["a", "b", "random"] and pooled["seeds"] == [0, 1, 2] and pooled["df"] == 4
+    assert pooled["residual_sd"] == pytest.approx(0.3)
+    assert pooled["half_width"] == pytest.approx(t.ppf(0.975, 4) * np.sqrt(2 * 0.09 / 3))
+    between = 3 * np.var([0.5, -0.2, 0.0], ddof=1)
+    assert pooled["F"] == pytest.approx(between / 0.09) and 0 < pooled["p"] < 1
+    assert report.pooled_noise(rows, 0.5) is None and report.pooled_noise([r for r in rows if r["method"] != "b"], 0.7) is None
+    family = {**report.beta_family(rows), "pooled": [pooled]}
+    assert "Ratio 0.7, the 3 methods the trainer ran on each of seeds 0, 1, 2" in report.beta_family_table(family)

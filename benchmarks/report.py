@@ -402,11 +402,23 @@ def in_beta_family(method: str, base: str = "if-beta") -> bool:
     return name == base and bool(spec) and all(part.split("=")[0].startswith("policy_") for part in spec.split(","))
 
 
-def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop")):
+def _cells(rows, key):
+    """{key(row): row}, refusing two rows with one key (a cell run twice would silently replace the other)."""
+    cells = {}
+    for r in rows:
+        k = key(r)
+        if k in cells:
+            raise ValueError(f"Two rows for the cell {k}: keep one (the sweep skips finished cells, so this is a merge).")
+        cells[k] = r
+    return cells
+
+
+def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop"), min_pairs=3):
     """Per ratio, every Beta policy distilled over the default's ranks (random is Beta(1, 1)), each seed paired with
     random on the same seed and engine, the first of `engines` that has both cells; and per ratio the policy with
-    the best mean difference, picked with hindsight, with the average of those bests over the ratios."""
-    cells = {(r["method"], r["ratio"], r["seed"], engine_of(r)): r for r in rows}
+    the best mean difference among those with `min_pairs` pairs or more, picked with hindsight, with the average of
+    those bests over the ratios."""
+    cells = _cells(rows, lambda r: (r["method"], r["ratio"], r["seed"], engine_of(r)))
     policies = []
     for ratio in ratios:
         methods = sorted({m for (m, q, _, _) in cells if q == ratio and in_beta_family(m)})
@@ -428,28 +440,41 @@ def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop")):
                              "diff_vs_random": mean, "ci95": None if low is None else [low, high]})
         random = [s for (m, q, s, _) in cells if m == "random" and q == ratio]
         if random:
-            policies.append({"method": "random", "ratio": ratio, "a": 1.0, "b": 1.0, "pairs": len(set(random)),
+            policies.append({"method": "random", "ratio": ratio, "a": 1.0, "b": 1.0, "pairs": None,
                              "diff_vs_random": 0.0, "ci95": None})
     best = {}
     for p in policies:
+        if p["method"] != "random" and p["pairs"] < min_pairs:
+            continue
         if p["ratio"] not in best or p["diff_vs_random"] > best[p["ratio"]]["diff_vs_random"]:
             best[p["ratio"]] = p
     complete = all(r in best for r in ratios)
     average = float(np.mean([best[r]["diff_vs_random"] for r in ratios])) if complete else None
-    return {"policies": policies, "best": {r: p["method"] for r, p in best.items()}, "best_average": average}
+    return {"policies": policies, "best": {r: p["method"] for r, p in best.items()}, "best_average": average,
+            "min_pairs": min_pairs}
 
 
 def pooled_noise(rows, ratio: float, engine: str = "trainer"):
-    """The methods distilled on `engine` at `ratio` on every seed its random ran on, as a (method x seed) table
-    fitted by method + seed effects: the residual sd (the seed-to-seed noise of a paired difference, pooled over
-    every method), the F test of "no method differs", and the half-width of the 95 % interval of any method's
-    difference to random under that pooled noise. None with fewer than three methods or two seeds."""
+    """The methods distilled on `engine` at `ratio` as a balanced (method x seed) table fitted by method + seed
+    effects: the residual sd (the seed-to-seed noise of a paired difference, pooled over every method), the F test
+    of "no method differs", and the half-width of the 95 % interval of any method's difference to random under that
+    pooled noise. The seeds are those, among random's, that give the table the most cells (every method in it has
+    all of them, random among them). None with fewer than three methods or two seeds."""
     from scipy.stats import f as f_dist, t
 
-    cells = {(r["method"], r["seed"]): r["test_top1"] for r in rows if r["ratio"] == ratio and engine_of(r) == engine}
-    seeds = sorted(s for (m, s) in cells if m == "random")
-    methods = sorted({m for (m, _) in cells if all((m, s) in cells for s in seeds)})
-    if len(methods) < 3 or len(seeds) < 2:
+    cells = _cells([r for r in rows if r["ratio"] == ratio and engine_of(r) == engine], lambda r: (r["method"], r["seed"]))
+    cells = {k: r["test_top1"] for k, r in cells.items()}
+    random = {s for (m, s) in cells if m == "random"}
+    seeds_of = {m: frozenset(s for (mm, s) in cells if mm == m) & random for (m, _) in cells}
+
+    def size(seeds):
+        methods = sum(seeds <= other for other in seeds_of.values())
+        return methods * len(seeds), len(seeds), sorted(seeds)
+
+    choices = [seeds for seeds in set(seeds_of.values()) if len(seeds) >= 2]
+    seeds = sorted(max(choices, key=size)) if choices else []
+    methods = sorted(m for m, own in seeds_of.items() if set(seeds) <= own)
+    if len(methods) < 3 or len(seeds) < 2:  # random is among them: every seed set is within its seeds
         return None
     y = np.array([[cells[(m, s)] for s in seeds] for m in methods])
     residual = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
@@ -473,17 +498,19 @@ def beta_family_table(family) -> str:
         "| ratio | policy | (a, b) | mean a / (a + b) | Δ vs random [95 % CI] (pairs) |",
         "| --- | --- | --- | --- | --- |",
     ]
-    order = lambda p: (p["ratio"], p["a"] / (p["a"] + p["b"]), p["a"] + p["b"])  # noqa: E731
+    order = lambda p: (p["ratio"], np.nan_to_num(p["a"] / (p["a"] + p["b"]), nan=-1.0), p["a"] + p["b"])  # noqa: E731
     for p in sorted(family["policies"], key=order):
         ci = f" [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" if p["ci95"] else ""
         diff = "" if p["method"] == "random" else f"{p['diff_vs_random']:+.2f}{ci} ({p['pairs']})"
         lines.append(f"| {p['ratio']} | {p['method']} | ({p['a']:.2f}, {p['b']:.2f}) | {p['a'] / (p['a'] + p['b']):.2f} | {diff} |")
     by = {(p["ratio"], p["method"]): p for p in family["policies"]}
     picks = "; ".join(
-        f"{r}: {m} {by[(r, m)]['diff_vs_random']:+.2f} ({by[(r, m)]['pairs']})" for r, m in sorted(family["best"].items())
+        f"{r}: {m} {by[(r, m)]['diff_vs_random']:+.2f}" + (f" ({by[(r, m)]['pairs']})" if by[(r, m)]["pairs"] else "")
+        for r, m in sorted(family["best"].items())
     )
     average = f"{family['best_average']:+.2f}" if family["best_average"] is not None else "incomplete"
-    lines += ["", f"Best mean per ratio, picked with hindsight: {picks}; their average {average}."]
+    lines += ["", f"Best mean per ratio among the policies with {family['min_pairs']} pairs or more, picked with hindsight: "
+              f"{picks}; their average {average}."]
     for pooled in family.get("pooled", []):
         lines += ["", (
             f"Ratio {pooled['ratio']}, the {len(pooled['methods'])} methods the {pooled['engine']} ran on each of seeds "

@@ -192,7 +192,7 @@ def test_the_beta_family_pairs_within_one_engine_and_picks_the_best_per_ratio():
     rows += [trainer(cell("if-beta@policy_a=1,policy_b=2", 0.7, s, 80.0), 1.0, 2.0) for s in (0, 1)]
     rows += [trainer(cell("if-beta@l2=0.01", 0.7, 0, 99.0), 2.0, 0.5)]  # another ranking: not in the family
     rows += [cell("random", 0.3, 0, 85.0), trainer(cell("if-beta@policy_max_ab=3", 0.3, 0, 99.0), 3.0, 0.33)]  # no trainer random
-    family = report.beta_family(rows, ratios=(0.3, 0.7))
+    family = report.beta_family(rows, ratios=(0.3, 0.7), min_pairs=2)
     by = {(p["ratio"], p["method"]): p for p in family["policies"]}
     assert set(by) == {(0.7, "if-beta"), (0.7, "if-beta@policy_a=1,policy_b=2"), (0.7, "random"), (0.3, "random")}
     assert by[(0.7, "if-beta")]["diff_vs_random"] == pytest.approx(0.3)  # trainer's +0.1 on seed 0, not the loop's +10
@@ -201,24 +201,30 @@ def test_the_beta_family_pairs_within_one_engine_and_picks_the_best_per_ratio():
     text = report.beta_family_table(family)
     assert "| 0.7 | if-beta@policy_a=1,policy_b=2 | (1.00, 2.00) | 0.33 | -1.00 [-1.00, -1.00] (2) |" in text
     assert text.index("policy_a=1") < text.index("| 0.7 | random") < text.index("| 0.7 | if-beta |")  # by lean
-    assert text.endswith("0.3: random +0.00 (1); 0.7: if-beta +0.30 (2); their average +0.15.")
+    assert text.endswith("0.3: random +0.00; 0.7: if-beta +0.30 (2); their average +0.15.")
+    assert report.beta_family(rows, ratios=(0.3, 0.7))["best"] == {0.3: "random", 0.7: "random"}  # two pairs are too few
     assert report.beta_family([])["best_average"] is None and report.beta_family_table(report.beta_family([])) == ""
 
 
-def test_pooled_noise_fits_method_and_seed_effects_on_the_seeds_random_ran_on():
-    from scipy.stats import t
+def test_pooled_noise_fits_method_and_seed_effects_on_the_largest_balanced_table():
+    from scipy.stats import f as f_dist, t
 
     residual = 0.3 * np.array([[1, -1, 0], [-1, 1, 0], [0, 0, 0]])  # rows and columns sum to 0
     effects, seeds = {"random": 0.0, "a": 0.5, "b": -0.2}, {0: 80.0, 1: 81.0, 2: 79.5}
     rows = [{**cell(m, 0.7, s, seeds[s] + effects[m] + residual[i, j]), "engine": "trainer"}
             for i, m in enumerate(effects) for j, s in enumerate(seeds)]  # fmt: skip
-    rows += [{**cell("c", 0.7, 0, 99.0), "engine": "trainer"}, cell("a", 0.7, 3, 10.0)]  # one seed only; the loop's
-    pooled = report.pooled_noise(rows, 0.7)
+    rows += [{**cell("c", 0.7, 0, 99.0), "engine": "trainer"}, cell("a", 0.7, 0, 10.0)]  # one seed only; the loop's
+    rows += [{**cell("random", 0.7, 3, 80.0), "engine": "trainer"}, {**cell("b", 0.7, 3, 80.0), "engine": "trainer"}]
+    pooled = report.pooled_noise(rows, 0.7)  # seeds 0-2 hold 3 x 3 cells, seeds 0-3 only 2 x 4
     assert pooled["methods"] == ["a", "b", "random"] and pooled["seeds"] == [0, 1, 2] and pooled["df"] == 4
     assert pooled["residual_sd"] == pytest.approx(0.3)
     assert pooled["half_width"] == pytest.approx(t.ppf(0.975, 4) * np.sqrt(2 * 0.09 / 3))
     between = 3 * np.var([0.5, -0.2, 0.0], ddof=1)
-    assert pooled["F"] == pytest.approx(between / 0.09) and 0 < pooled["p"] < 1
-    assert report.pooled_noise(rows, 0.5) is None and report.pooled_noise([r for r in rows if r["method"] != "b"], 0.7) is None
+    assert pooled["F"] == pytest.approx(between / 0.09) and pooled["p"] == pytest.approx(f_dist.sf(between / 0.09, 2, 4))
+    assert report.pooled_noise([r for r in rows if r["method"] != "b"], 0.7) is None  # two methods: nothing to pool
+    one_seed = [{**cell(m, 0.5, 0, 80.0), "engine": "trainer"} for m in ("random", "a", "b")]
+    assert report.pooled_noise(one_seed, 0.5) is None
+    with pytest.raises(ValueError, match=r"Two rows for the cell \('a', 0\)"):
+        report.pooled_noise(rows + [{**cell("a", 0.7, 0, 80.0), "engine": "trainer"}], 0.7)
     family = {**report.beta_family(rows), "pooled": [pooled]}
     assert "Ratio 0.7, the 3 methods the trainer ran on each of seeds 0, 1, 2" in report.beta_family_table(family)

@@ -94,6 +94,7 @@ class Setting:
     num_classes: int = 10
     epoch_scale: float = 1.0  # epochs = round(profile epochs * epoch_scale)
     label_noise: float = 0.0  # share of training labels flipped to another class (NOISE_SEED)
+    alpha: float = ALPHA  # the student's KD weight (`DistillationTrainingArguments.alpha`); the pruner keeps its own
     teacher_precision: str = "auto"  # the teacher pass's; CIFAR-10's committed cells were scored in fp32
     image_column: str = "img"
     label_column: str = "label"
@@ -111,6 +112,7 @@ SETTINGS = {
         Setting("cifar10-e5", epoch_scale=1 / 3, **CIFAR10),  # 5 epochs on the CPU profile
         Setting("cifar10-e30", epoch_scale=2.0, **CIFAR10),  # 30 epochs
         Setting("cifar10-noisy20", label_noise=0.2, **CIFAR10),
+        Setting("cifar10-kd1", alpha=1.0, teacher_precision="fp32", **CIFAR10),  # the teacher's soft labels alone
         Setting(
             "cifar10-t20", teacher="cifar10_resnet20", teacher_checkpoint=str(SHARED / "models" / "cifar10_resnet20.pt"),
             **CIFAR10,
@@ -416,7 +418,7 @@ def student_optimizer(student: torch.nn.Module, cfg: Dict, steps: int):
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=steps)
 
 
-def distil(setting: Setting, run: Run, train, test, rows: np.ndarray, seed: int, teacher, alpha: float = ALPHA):
+def distil(setting: Setting, run: Run, train, test, rows: np.ndarray, seed: int, teacher, alpha: float):
     """Distil the setting's student from scratch on `rows` of `train` with DistillationTrainer; accuracy and timings."""
     import timm
     from transformers.trainer_callback import PrinterCallback
@@ -470,7 +472,7 @@ def run_cell(cell: Dict, run: Run, ctx: Context, log=print) -> Dict:
     torch.set_num_threads(run.threads or pick_threads())
     log(f"cell {cell_key(cell)}: {len(rows)} rows, {setting.epochs(run.profile)} epochs, {run.precision}, "
         f"{torch.get_num_threads()} threads")
-    out = distil(setting, run, train, test, np.asarray(rows), seed, teacher, alpha=0.0 if method == "full-nokd" else ALPHA)
+    out = distil(setting, run, train, test, np.asarray(rows), seed, teacher, alpha=0.0 if method == "full-nokd" else setting.alpha)
     noise = {}
     if flipped is not None:
         kept = np.zeros(len(train), dtype=bool)

@@ -644,6 +644,8 @@ def report(path):
 def _describe(row) -> str:
     spec = row["setting_spec"]
     noise = f", {100 * spec['label_noise']:.0f} % of the training labels flipped" if spec.get("label_noise") else ""
+    if spec.get("alpha", 0.9) != 0.9:  # the protocol's KD weight; settings from before the field distilled at it
+        noise += f", KD weight alpha {spec['alpha']:g}"
     data = Path(spec["train_file"]).parent.name
     teacher, weights = spec["teacher"], Path(spec.get("teacher_checkpoint") or spec["teacher"]).stem
     if weights != teacher:  # the same architecture trained on other data (Tiny-ImageNet's ResNet-56)

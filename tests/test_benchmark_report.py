@@ -138,6 +138,8 @@ def test_a_setting_names_its_teacher_weights_when_they_are_not_the_architectures
     assert described == "tiny_imagenet, teacher tiny_imagenet_resnet56 (cifar10_resnet56 architecture), student cifar10_resnet20, 15 epochs"
     spec = {**spec, "teacher": "cifar10_resnet20", "teacher_checkpoint": "shared/models/cifar10_resnet20.pt", "label_noise": 0.2}
     assert ", teacher cifar10_resnet20, student" in report._describe({"setting_spec": spec, "epochs": 15})
+    assert "alpha" not in report._describe({"setting_spec": {**spec, "alpha": 0.9}, "epochs": 15})  # the protocol's
+    assert report._describe({"setting_spec": {**spec, "alpha": 1.0}, "epochs": 15}).endswith("flipped, KD weight alpha 1")
 
 
 def test_a_setting_whose_cells_used_different_hessian_solvers_names_each_cells_solver():

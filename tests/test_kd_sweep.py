@@ -271,7 +271,7 @@ def test_run_cell_distils_in_its_runs_precision_and_records_it(monkeypatch):
     distilled = []
 
     def fake_distil(setting, run, train, test, rows, seed, teacher, alpha):
-        distilled.append((run, len(rows)))
+        distilled.append((run, len(rows), alpha))
         return {"test_top1": 50.0, "kd_time_s": 1.0, "images_per_s": 1.0, "teacher_forward_rows": 0, "teacher_logits_reused": 0}
 
     class Ctx:
@@ -285,8 +285,12 @@ def test_run_cell_distils_in_its_runs_precision_and_records_it(monkeypatch):
     monkeypatch.setattr(kd_sweep, "code_version", lambda: "test")
     run = kd_sweep.Run.of("cpu", "fp32", threads=1)
     row = kd_sweep.run_cell(dict(setting="cifar10-e30", method="full", ratio=0.0, seed=0), run, Ctx(), log=lambda s: None)
-    assert distilled == [(run, 6)] and row["precision"] == "fp32" and row["epochs"] == 30 and row["profile"] == "cpu"
+    assert distilled == [(run, 6, 0.9)] and row["precision"] == "fp32" and row["epochs"] == 30 and row["profile"] == "cpu"
     assert kd_sweep.done_key(row) == "cifar10-e30|full|0.0|0|trainer|fp32"
+    # the student's KD weight is the setting's (recorded in its spec); "full-nokd" distils on the labels alone
+    for setting, method, alpha in (("cifar10-kd1", "full", 1.0), ("cifar10-kd1", "full-nokd", 0.0)):
+        row = kd_sweep.run_cell(dict(setting=setting, method=method, ratio=0.0, seed=0), run, Ctx(), log=lambda s: None)
+        assert distilled[-1][2] == alpha and row["setting_spec"]["alpha"] == 1.0
 
 
 def test_a_rank_cutoff_draws_the_cells_beta_from_the_rows_above_it_first(monkeypatch):

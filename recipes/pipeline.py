@@ -8,7 +8,8 @@
 On N processes the global batch is N x `--per_device_train_batch_size` x `--gradient_accumulation_steps`, so
 `--learning_rate` (the rate for one process's batch) is multiplied by N (`--scale_lr`, on by default), and the
 policy's inner proxy fit gets the student's budget: `inner_batch_size` = the global batch, `inner_epochs` =
-`--num_train_epochs` (`--tie_policy_budget`, on by default).
+`--num_train_epochs` (`--tie_policy_budget`, on by default). The proxy's loss is the student's: `--alpha` and
+`--temperature` set both.
 """
 
 import json
@@ -75,14 +76,16 @@ def parse_args(argv=None, pruner_defaults=None, **defaults):
     """(RecipeArguments, PrunerConfig, DistillationTrainingArguments) from the command line.
 
     `defaults` override field defaults of the recipe and training arguments, `pruner_defaults` those of
-    `PrunerConfig` (a recipe's own settings). `--seed`,
-    `--image_column` and `--label_column` are shared: the training seed also seeds the pruning.
+    `PrunerConfig` (a recipe's own settings). `--seed`, `--image_column`, `--label_column`, `--alpha` and
+    `--temperature` are shared: the training seed also seeds the pruning, and the student's KD loss is the proxy's
+    (the training arguments take these flags first, so the pruner could not get its own).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser((RecipeArguments, DistillationTrainingArguments))
     parser.set_defaults(**defaults)
     pruner_parser = HfArgumentParser(
-        PrunerConfig, description="Pruner settings (hf_ifbeta.PrunerConfig).", epilog=PRESET_HELP
+        PrunerConfig, epilog=PRESET_HELP, description="Pruner settings (hf_ifbeta.PrunerConfig). --seed, --image_column, "
+        "--label_column, --alpha and --temperature are the training run's: the proxy's loss is the student's.",
     )
     pruner_parser.set_defaults(**(pruner_defaults or {}))
     argv = apply_preset(pruner_parser, argv)
@@ -95,6 +98,7 @@ def parse_args(argv=None, pruner_defaults=None, **defaults):
     pruner_config.seed = training_args.seed
     pruner_config.image_column = args.image_column
     pruner_config.label_column = args.label_column
+    pruner_config.alpha, pruner_config.temperature = training_args.alpha, training_args.temperature
     return args, pruner_config, training_args
 
 

@@ -95,6 +95,18 @@ def test_a_preset_sets_the_pruner_and_flags_given_win(pipeline, tmp_path):
     assert training_args.output_dir == str(tmp_path)
 
 
+def test_the_proxys_loss_is_the_students(pipeline, tmp_path):
+    import distill_cifar
+
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    _, pruner_config, training_args = pipeline.parse_args(common, **distill_cifar.CIFAR_DEFAULTS)
+    assert (pruner_config.alpha, pruner_config.temperature) == (training_args.alpha, training_args.temperature) == (0.9, 4.0)
+    _, pruner_config, training_args = pipeline.parse_args([*common, "--alpha", "0.5", "--temperature", "2"])
+    assert (training_args.alpha, training_args.temperature) == (0.5, 2.0)
+    assert (pruner_config.alpha, pruner_config.temperature) == (0.5, 2.0)
+    assert pruner_config.stages().loss.alpha == 0.5  # what the proxy fit reads
+
+
 def test_teacher_accuracy_is_one_plain_pass(pipeline, tmp_path):
     """The teacher is measured by a no-grad loop on the trainer's own teacher: once per row, with its own transform."""
     import datasets

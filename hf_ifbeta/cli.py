@@ -2,7 +2,7 @@
 
     hf-ifbeta-prune --teacher cifar10_resnet56 --teacher_checkpoint ../shared/models/cifar10_resnet56.pt \\
         --dataset parquet --data_files ../shared/data/cifar10/train.parquet --image_column img \\
-        --ratio 0.3 --output_dir out/cifar10-ifbeta-r0.3 --report    # + out/.../report.html to open in a browser
+        --ratio 0.3 --output_dir out/cifar10 --report    # + out/cifar10/if-beta-r0.3/report.html to open in a browser
 
 `--preset NAME` starts from a named configuration of the policy's learning (`hf_ifbeta.config.PRESETS`).
 """
@@ -99,6 +99,9 @@ def prune_main(argv: Optional[List[str]] = None) -> None:
     # Fail before the teacher pass, not after it.
     if args.push_to_hub and not args.repo_id:
         parser.error("--push_to_hub needs --repo_id (e.g. me/cifar10-ifbeta-r{ratio}).")
+    if args.push_to_hub and len(set(args.ratio)) > 1 and "{ratio}" not in args.repo_id:
+        parser.error(f"--repo_id {args.repo_id!r} would get every ratio's subset in turn, each over the last: "
+                     "put {ratio} in it (e.g. me/cifar10-ifbeta-r{ratio}).")  # fmt: skip
     for ratio in args.ratio:
         check_ratio(ratio)
     report_options = None

@@ -8,10 +8,11 @@
 On N processes the global batch is N x `--per_device_train_batch_size` x `--gradient_accumulation_steps`, so
 `--learning_rate` (the rate for one process's batch) is multiplied by N (`--scale_lr`, on by default), and the
 policy's inner proxy fit gets the student's budget: `inner_batch_size` = the global batch, `inner_epochs` =
-`--num_train_epochs` (`--tie_policy_budget`, on by default). The proxy's loss is the student's: `--alpha` and
+`--num_train_epochs`, or the passes over the kept rows that `--max_steps` makes (`--tie_policy_budget`, on by default). The proxy's loss is the student's: `--alpha` and
 `--temperature` set both.
 """
 
+import importlib.util
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ from hf_ifbeta import DatasetPruner, DistillationTrainer, DistillationTrainingAr
 from hf_ifbeta.config import PRESET_HELP, apply_preset
 from hf_ifbeta.data import prepare_image_dataset
 from hf_ifbeta.models import load_model
+from hf_ifbeta.selection import num_kept
 from hf_ifbeta.trainer import accuracy_metrics
 
 
@@ -95,6 +97,7 @@ def parse_args(argv=None, pruner_defaults=None, **defaults):
         sys.exit(0)
     args, training_args, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     (pruner_config,) = pruner_parser.parse_args_into_dataclasses(args=rest)
+    check_recipe_flags(parser, pruner_parser, args, pruner_config)
     pruner_config.seed = training_args.seed
     pruner_config.image_column = args.image_column
     pruner_config.label_column = args.label_column
@@ -102,15 +105,38 @@ def parse_args(argv=None, pruner_defaults=None, **defaults):
     return args, pruner_config, training_args
 
 
+def check_recipe_flags(parser, pruner_parser, args: RecipeArguments, pruner_config: PrunerConfig):
+    """Usage errors, before any data is loaded, for flags the run would otherwise override or misread."""
+    if pruner_config.method != pruner_parser.get_default("method"):
+        parser.error(f"--method {pruner_config.method} is the pruner's name for the recipe's --prune_method: give "
+                     f"--prune_method {pruner_config.method}.")  # fmt: skip
+    if args.tie_policy_budget:
+        given = [f"--{k}" for k in ("inner_epochs", "inner_batch_size") if getattr(pruner_config, k) != pruner_parser.get_default(k)]
+        if given:
+            parser.error(f"{' and '.join(given)} would be replaced by the student's budget (--tie_policy_budget): "
+                         "give --no_tie_policy_budget to set the proxy's own.")  # fmt: skip
+    if args.report and args.prune_method == "none":
+        parser.error("--report shows what the pruning kept: it needs a --prune_method other than none.")
+    if args.report and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--report needs matplotlib: pip install 'hf_ifbeta[plot]'.")
+    for train, evaluation in (("train_file", "test_file"), ("train_dir", "eval_dir")):
+        if getattr(args, train) and not getattr(args, evaluation):
+            parser.error(f"--{train} needs --{evaluation}: the rows the student and teacher are evaluated on.")
+
+
+def hub_dataset(args: RecipeArguments) -> Optional[str]:
+    """The Hub dataset the rows came from, None for local files (a recipe's default `--dataset` stays unused then)."""
+    return None if args.train_file or args.train_dir else args.dataset
+
+
 def load_splits(args: RecipeArguments):
     """(train, eval) splits from local parquet files, local image folders, or the Hub."""
     if args.train_file:
-        files = {"train": args.train_file, "test": args.test_file or args.train_file}
-        ds = datasets.load_dataset("parquet", data_files=files)
+        ds = datasets.load_dataset("parquet", data_files={"train": args.train_file, "test": args.test_file})
         train, test = ds["train"], ds["test"]
     elif args.train_dir:
         train = datasets.load_dataset("imagefolder", data_dir=args.train_dir, split="train")
-        test = datasets.load_dataset("imagefolder", data_dir=args.eval_dir or args.train_dir, split="train")
+        test = datasets.load_dataset("imagefolder", data_dir=args.eval_dir, split="train")
     elif args.dataset:
         load = dict(path=args.dataset, name=args.dataset_config, revision=args.dataset_revision)
         train = datasets.load_dataset(**load, split=args.train_split)
@@ -124,7 +150,9 @@ def load_splits(args: RecipeArguments):
     return train, test
 
 
-def scale_to_world_size(args: RecipeArguments, pruner_config: PrunerConfig, training_args: DistillationTrainingArguments):
+def scale_to_world_size(
+    args: RecipeArguments, pruner_config: PrunerConfig, training_args: DistillationTrainingArguments, train_rows: int
+):
     """Learning rate and policy budget for this run's global batch (see `--scale_lr`, `--tie_policy_budget`)."""
     world_size = training_args.world_size
     global_batch = training_args.per_device_train_batch_size * world_size * training_args.gradient_accumulation_steps
@@ -133,6 +161,8 @@ def scale_to_world_size(args: RecipeArguments, pruner_config: PrunerConfig, trai
     if args.tie_policy_budget:
         pruner_config.inner_batch_size = global_batch
         pruner_config.inner_epochs = float(training_args.num_train_epochs)
+        if training_args.max_steps > 0 and args.prune_method != "none":  # the student stops there, not at the epochs
+            pruner_config.inner_epochs = training_args.max_steps * global_batch / num_kept(train_rows, args.prune_ratio)
     # Persistent workers keep their decoders between epochs; torch refuses them without workers.
     training_args.dataloader_persistent_workers &= training_args.dataloader_num_workers > 0
     return global_batch
@@ -158,10 +188,10 @@ def teacher_accuracy(trainer: DistillationTrainer, dataset) -> dict:
 def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: DistillationTrainingArguments):
     """Prune, distil, evaluate student and teacher, write `results.json` (and push when asked)."""
     torch.manual_seed(training_args.seed)
-    global_batch = scale_to_world_size(args, pruner_config, training_args)
 
     # 1. Data and models.
     train, test = load_splits(args)
+    global_batch = scale_to_world_size(args, pruner_config, training_args, len(train))
     teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint).eval()
     # The student predicts the teacher's classes (a timm name alone would give its default head).
     student = load_model(
@@ -181,9 +211,10 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
         pruner = DatasetPruner(teacher, pruner_config, accelerator=training_args.distributed_state)
         kept = pruner.prune(train, ratio=args.prune_ratio, seed=training_args.seed)
         result = pruner.last_result
-        result.provenance["teacher"] = args.teacher
-        if args.dataset:
-            result.provenance["dataset_name"] = args.dataset
+        if args.teacher_checkpoint is None:  # else the pruner's name, which names the checkpoint file
+            result.provenance["teacher"] = args.teacher
+        if hub_dataset(args):
+            result.provenance["dataset_name"] = hub_dataset(args)
     prune_time = time.perf_counter() - t0
 
     # 3. Distil on the kept rows; the teacher runs online on the student's augmented batches.
@@ -244,11 +275,11 @@ def run(args: RecipeArguments, pruner_config: PrunerConfig, training_args: Disti
             print(f"pruning report: {result.report(train, out / 'pruning' / 'report.html', image_column=image_column)}")
     if args.push_subset_to and result is not None:
         result.push_to_hub(
-            args.push_subset_to, source_dataset=args.dataset, source_revision=args.dataset_revision,
+            args.push_subset_to, source_dataset=hub_dataset(args), source_revision=args.dataset_revision,
             source_split=args.train_split, source_config=args.dataset_config, dataset=train,
         )
     if training_args.push_to_hub:
         # The student's model card names its teacher, the subset it was distilled on and the source dataset.
-        trainer.push_to_hub(teacher=args.teacher, subset=args.push_subset_to, dataset=args.dataset)
+        trainer.push_to_hub(teacher=args.teacher, subset=args.push_subset_to, dataset=hub_dataset(args))
     return summary
 

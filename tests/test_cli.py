@@ -89,6 +89,18 @@ def test_bad_ratio_fails_before_the_teacher_pass(parquet_and_checkpoint, tmp_pat
         ])
 
 
+def test_several_ratios_pushed_to_one_repo_fail_before_the_teacher_pass(parquet_and_checkpoint, tmp_path, monkeypatch, capsys):
+    root = parquet_and_checkpoint
+    monkeypatch.setattr(hf_ifbeta.pruner.DatasetPruner, "teacher_outputs", lambda self, ds: pytest.fail("teacher pass started"))
+    with pytest.raises(SystemExit):
+        prune_main([
+            "--teacher", "cifar10_resnet20", "--teacher_checkpoint", str(root / "teacher.pt"), "--dataset", "parquet",
+            "--data_files", str(root / "train.parquet"), "--ratio", "0.3", "0.5", "--push_to_hub", "--repo_id", "me/subset",
+            "--output_dir", str(tmp_path / "x"),
+        ])
+    assert "--repo_id 'me/subset' would get every ratio's subset in turn" in capsys.readouterr().err
+
+
 def test_preset_sets_the_policy_fields_and_flags_given_win(parquet_and_checkpoint, tmp_path, monkeypatch, capsys):
     from hf_ifbeta.config import PRESETS
 

@@ -58,15 +58,19 @@ def test_learning_rate_and_policy_budget_follow_the_world_size(pipeline, monkeyp
     monkeypatch.setattr(DistillationTrainingArguments, "world_size", property(lambda self: world_size))
     common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
     args, pruner_config, training_args = pipeline.parse_args(common, **distill_cifar.CIFAR_DEFAULTS)
-    assert pipeline.scale_to_world_size(args, pruner_config, training_args) == 128 * world_size
+    assert pipeline.scale_to_world_size(args, pruner_config, training_args, 50_000) == 128 * world_size
     assert training_args.learning_rate == pytest.approx(0.1 * world_size)
     assert (pruner_config.inner_batch_size, pruner_config.inner_epochs) == (128 * world_size, 15.0)
     assert training_args.dataloader_persistent_workers  # one decoding worker, kept between epochs
+    # a student stopped by --max_steps: the proxy gets the same passes over the 25,000 kept rows
+    args, pruner_config, training_args = pipeline.parse_args([*common, "--max_steps", "500"], **distill_cifar.CIFAR_DEFAULTS)
+    pipeline.scale_to_world_size(args, pruner_config, training_args, 50_000)
+    assert pruner_config.inner_epochs == pytest.approx(500 * 128 * world_size / 25_000)
 
     argv = [*common, "--no_scale_lr", "--no_tie_policy_budget", "--inner_epochs", "3", "--gradient_accumulation_steps", "2",
             "--dataloader_num_workers", "0"]  # fmt: skip
     args, pruner_config, training_args = pipeline.parse_args(argv, **distill_cifar.CIFAR_DEFAULTS)
-    assert pipeline.scale_to_world_size(args, pruner_config, training_args) == 256 * world_size
+    assert pipeline.scale_to_world_size(args, pruner_config, training_args, 50_000) == 256 * world_size
     assert training_args.learning_rate == 0.1 and (pruner_config.inner_batch_size, pruner_config.inner_epochs) == (128, 3.0)
     assert not training_args.dataloader_persistent_workers  # torch refuses them without workers
 
@@ -74,7 +78,7 @@ def test_learning_rate_and_policy_budget_follow_the_world_size(pipeline, monkeyp
     args, pruner_config, training_args = pipeline.parse_args(
         common, pruner_defaults=distill_imagenet.IMAGENET_PRUNER_DEFAULTS, **distill_imagenet.IMAGENET_DEFAULTS
     )
-    pipeline.scale_to_world_size(args, pruner_config, training_args)
+    pipeline.scale_to_world_size(args, pruner_config, training_args, 1_281_167)
     assert training_args.learning_rate == pytest.approx(0.1 * world_size)
     assert (pruner_config.inner_batch_size, pruner_config.inner_epochs) == (256 * world_size, 100.0)
     assert pruner_config.fit_subsample == 32_768 and pruner_config.num_workers == 8
@@ -93,6 +97,32 @@ def test_a_preset_sets_the_pruner_and_flags_given_win(pipeline, tmp_path):
     assert pruner_config.policy_entropy_weight == 0.0
     assert pruner_config.features_dtype == "float16"  # the recipe's own settings stay
     assert training_args.output_dir == str(tmp_path)
+
+
+def test_flags_the_run_would_override_or_misread_are_usage_errors(pipeline, tmp_path, capsys):
+    import distill_cifar
+    import distill_imagenet
+
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    for argv, message in (
+        (["--method", "random"], "--method random is the pruner's name for the recipe's --prune_method"),
+        (["--inner_epochs", "3"], "--inner_epochs would be replaced by the student's budget"),
+        (["--inner_batch_size", "64", "--inner_epochs", "3"], "--inner_epochs and --inner_batch_size would be replaced"),
+        (["--train_file", "train.parquet"], "--train_file needs --test_file"),
+        (["--train_dir", "train"], "--train_dir needs --eval_dir"),
+        (["--report", "--prune_method", "none"], "--report shows what the pruning kept"),
+    ):
+        with pytest.raises(SystemExit):
+            pipeline.parse_args([*common, *argv], **distill_cifar.CIFAR_DEFAULTS)
+        assert message in capsys.readouterr().err
+    args, pruner_config, _ = pipeline.parse_args([*common, "--method", "if-beta", "--no_tie_policy_budget", "--inner_epochs", "3"])
+    assert pruner_config.inner_epochs == 3.0 and args.prune_method == "if-beta"
+    # the ImageNet recipe's default Hub id is not the source of rows read from a local folder
+    local = [*common, "--train_dir", "train", "--eval_dir", "val"]
+    args, _, _ = pipeline.parse_args(local, pruner_defaults=distill_imagenet.IMAGENET_PRUNER_DEFAULTS, **distill_imagenet.IMAGENET_DEFAULTS)
+    assert args.dataset == "ILSVRC/imagenet-1k" and pipeline.hub_dataset(args) is None
+    args, _, _ = pipeline.parse_args(common, pruner_defaults=distill_imagenet.IMAGENET_PRUNER_DEFAULTS, **distill_imagenet.IMAGENET_DEFAULTS)
+    assert pipeline.hub_dataset(args) == "ILSVRC/imagenet-1k"
 
 
 def test_the_proxys_loss_is_the_students(pipeline, tmp_path):

@@ -7,6 +7,7 @@ argument objects each stage of the pruner takes (`TeacherPassArguments`, `losses
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -427,12 +428,12 @@ class PrunerConfig:
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not 0 < self.temperature < math.inf:  # also rejects NaN
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}.")
         if not 1.0 < self.policy_max_ab <= MAX_AB:
             raise ValueError(f"policy_max_ab must be in (1, {MAX_AB:g}], got {self.policy_max_ab}.")
-        if self.l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {self.l2}.")
+        if not 0 <= self.l2 < math.inf:
+            raise ValueError(f"l2 must be finite and >= 0, got {self.l2}.")
         if self.hessian not in HESSIAN_MODES:
             raise ValueError(f"Unknown hessian mode: {self.hessian}. Choose between {list(HESSIAN_MODES)}.")
         if self.score_type not in SCORE_TYPES:
@@ -453,11 +454,13 @@ class PrunerConfig:
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}.")
         # Checked here, not where they are used: that is after the teacher pass.
-        positive = ("batch_size", "chunk_size", "inner_batch_size", "stream_chunk_size", "val_max_per_class", "outer_steps")
+        positive = (
+            "batch_size", "chunk_size", "inner_batch_size", "stream_chunk_size", "val_max_per_class", "outer_steps", "cg_max_iter",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("num_workers", "fit_max_iter"):
+        for name in ("num_workers", "fit_max_iter", "exact_max_params"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         for name in ("fit_subsample", "policy_subsample"):

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
@@ -76,6 +77,8 @@ def save_pruning_result_for_hub(
         raise ValueError("The result has no selection: call result.select_indices(ratio) before sharing it.")
     path = Path(save_directory)
     result.save(path)
+    for stale in (SUBSET_DATA_DIR, FIGURES_DIR):  # rows and figures of a selection written here before
+        shutil.rmtree(path / stale, ignore_errors=True)
     prov = result.provenance
     source = {
         "dataset": source_dataset or prov.get("dataset_name"),
@@ -85,11 +88,14 @@ def save_pruning_result_for_hub(
         "fingerprint": prov.get("dataset_fingerprint"),
         "num_rows": result.num_rows,
     }
+    if source["dataset"] is None and not materialize:
+        logger.warning("No source_dataset given: the card names no Hub source, and load_pruned_dataset will need "
+                       "dataset=<the scored split>. Pass source_dataset=<Hub id> for a subset loadable by its id.")  # fmt: skip
     (path / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     if materialize:
         if dataset is None:
             raise ValueError("materialize=True needs dataset=<the scored datasets.Dataset>.")
-        (path / SUBSET_DATA_DIR).mkdir(exist_ok=True)
+        (path / SUBSET_DATA_DIR).mkdir()
         result.select(dataset).to_parquet(str(path / SUBSET_DATA_DIR / f"{source['split']}-00000-of-00001.parquet"))
     _dataset_card(result, source, materialize, _card_figures(result, dataset, path)).save(path / "README.md")
     return path
@@ -210,10 +216,20 @@ def push_pruning_result(
             dataset=dataset, materialize=materialize,
         )  # fmt: skip
         api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
+        repo_id = _create_repo_and_branch(api, repo_id, "dataset", private, revision)
+        # The repo may hold an earlier selection: its rows, figures and optional files go unless uploaded again.
         return api.upload_folder(
-            repo_id=repo_id, repo_type="dataset", folder_path=tmp, revision=revision, commit_message=commit_message
+            repo_id=repo_id, repo_type="dataset", folder_path=tmp, revision=revision, commit_message=commit_message,
+            delete_patterns=[f"{SUBSET_DATA_DIR}/*", f"{FIGURES_DIR}/*", "indices.npy", "scores_*.npy"],
         )
+
+
+def _create_repo_and_branch(api: HfApi, repo_id: str, repo_type: str, private: Optional[bool], revision: Optional[str]) -> str:
+    """Create the repo (and the branch `revision`, as `Dataset.push_to_hub` does) unless they exist; the full repo id."""
+    repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+    return repo_id
 
 
 def local_or_download(
@@ -326,5 +342,5 @@ def push_student(
     with tempfile.TemporaryDirectory() as tmp:
         save_student_for_hub(model, tmp, **card_kwargs)
         api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        repo_id = _create_repo_and_branch(api, repo_id, "model", private, revision)
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)

@@ -23,7 +23,7 @@ from .features import TeacherOutputs, compute_teacher_outputs
 from .models import load_model
 from .result import RESULT_FILE, PruningResult, to_jsonable  # noqa: F401  (RESULT_FILE: importable from here)
 from .scorers import ScoringContext, get_method
-from .selection import check_ratio
+from .selection import check_ratio, num_kept
 
 __all__ = ["DatasetPruner", "PruningResult", "resolve_device", "to_jsonable", "validation_split"]
 
@@ -165,6 +165,8 @@ class DatasetPruner:
         """
         check_dataset(dataset)  # fail before the teacher pass
         check_ratio(ratio)
+        if len(dataset):  # an empty one is refused by name in `score`
+            num_kept(len(dataset), ratio)  # at least one row kept
         result = self.score(dataset)
         result.select_indices(ratio, seed)  # the main process's rows on every process
         return result.select(dataset)
@@ -195,12 +197,16 @@ class DatasetPruner:
         name, config = getattr(info, "dataset_name", None), getattr(info, "config_name", None)
         if name is not None and name == getattr(info, "builder_name", None):
             # Local files through a packaged builder (`load_dataset("parquet", data_files=...)`): the name is
-            # "parquet" and the config "default", not a dataset the Hub card or `load_pruned_dataset` can load.
+            # "parquet" and the config "default", nothing to name the rows by.
             name = config = None
         return {
             "teacher": self.teacher_name,
             "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-            "dataset_name": name,
+            # The Hub id, set by whoever knows it (the CLI, the recipes, `push_to_hub(source_dataset=...)`):
+            # `datasets` keeps only the repo's name, snake-cased and without its namespace ("cifar10" for
+            # uoft-cs/cifar10), which would load another dataset or none.
+            "dataset_name": None,
+            "dataset_info_name": name,
             "dataset_config": config,
             "dataset_split": str(dataset.split) if getattr(dataset, "split", None) is not None else None,
             "num_rows": len(dataset),

@@ -63,7 +63,7 @@ def render(content, figures: Dict[str, bytes]) -> str:
     result, options = content.result, content.options
     prov, policy = result.provenance, result.policy or {}
     n_kept = len(result.indices)
-    dataset_name = prov.get("dataset_name") or "local dataset"
+    dataset_name = prov.get("dataset_name") or prov.get("dataset_info_name") or "local dataset"
     title = options.title or f"Pruning report: {dataset_name}, {result.method}, ratio {result.ratio}"
     policy_text = (
         f"Beta(a={policy['a']:.3g}, b={policy['b']:.3g}) over class-wise score ranks" if "a" in policy and "b" in policy
@@ -79,7 +79,7 @@ def render(content, figures: Dict[str, bytes]) -> str:
     # Provenance: the run that made these rows.
     run_rows = [
         ("teacher", f"<code>{_e(prov.get('teacher'))}</code>"),
-        ("dataset", _e(" / ".join(str(x) for x in (prov.get("dataset_name"), prov.get("dataset_config")) if x) or "local files")),
+        ("dataset", _e(" / ".join(str(x) for x in (prov.get("dataset_name") or prov.get("dataset_info_name"), prov.get("dataset_config")) if x) or "local files")),
         ("split", _e(prov.get("dataset_split"))),
         ("dataset fingerprint", f"<code>{_e(prov.get('dataset_fingerprint'))}</code>"),
         ("rows scored", f"{result.num_rows:,}"),

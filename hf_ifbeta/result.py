@@ -176,6 +176,10 @@ class PruningResult:
         np.save(path / "val_indices.npy", self.val_indices)
         if self.indices is not None:
             np.save(path / "indices.npy", self.indices)
+        else:  # a selection saved here before is not this result's
+            (path / "indices.npy").unlink(missing_ok=True)
+        for stale in set(path.glob("scores_*.npy")) - {path / f"scores_{name}.npy" for name in self.extra_scores}:
+            stale.unlink()
         meta = {
             "method": self.method,
             "ratio": self.ratio,
@@ -199,20 +203,32 @@ class PruningResult:
         if not (path / RESULT_FILE).exists():
             raise FileNotFoundError(f"{path} has no {RESULT_FILE}: not a saved PruningResult.")
         meta = json.loads((path / RESULT_FILE).read_text())
-        indices = np.load(path / "indices.npy") if (path / "indices.npy").exists() else None
+        n = meta["num_rows"]
+        arrays = {name: np.load(path / f"{name}.npy") for name in ("scores", "labels", "val_indices")}
+        arrays.update({f"scores_{k}": np.load(path / f"scores_{k}.npy") for k in meta.get("extra_scores", [])})
+        if meta.get("num_kept") is not None:
+            arrays["indices"] = np.load(path / "indices.npy")
+        for name, values in arrays.items():
+            rows = meta["num_kept"] if name == "indices" else None if name == "val_indices" else n
+            if values.ndim != 1 or (rows is not None and len(values) != rows):
+                raise ValueError(f"{path / (name + '.npy')} holds shape {values.shape}, but {RESULT_FILE} records "
+                                 f"{rows} rows: the saved result is damaged or mixed with another one.")  # fmt: skip
+            if name in ("indices", "val_indices") and len(values) and not (0 <= values.min() and values.max() < n):
+                raise ValueError(f"{path / (name + '.npy')} holds row indices outside [0, {n}): the saved result is "
+                                 "damaged or mixed with another one.")  # fmt: skip
         return cls(
             method=meta["method"],
-            scores=np.load(path / "scores.npy"),
-            labels=np.load(path / "labels.npy"),
+            scores=arrays["scores"],
+            labels=arrays["labels"],
             config=meta["config"],
             provenance=meta["provenance"],
-            val_indices=np.load(path / "val_indices.npy"),
+            val_indices=arrays["val_indices"],
             ratio=meta["ratio"],
             seed=meta["seed"],
-            indices=indices,
+            indices=arrays.get("indices"),
             policy=meta["policy"],
             timings=meta.get("timings", {}),
-            extra_scores={k: np.load(path / f"scores_{k}.npy") for k in meta.get("extra_scores", [])},
+            extra_scores={k: arrays[f"scores_{k}"] for k in meta.get("extra_scores", [])},
         )
 
     def push_to_hub(self, repo_id: str, **kwargs):

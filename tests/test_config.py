@@ -100,6 +100,21 @@ def test_stage_arguments_are_frozen_and_checked():
         PrunerConfig(policy_max_ab=60.0)
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("temperature", float("nan"), "temperature must be finite and > 0, got nan"),
+        ("temperature", float("inf"), "temperature must be finite and > 0, got inf"),
+        ("l2", float("nan"), "l2 must be finite and >= 0, got nan"),
+        ("cg_max_iter", 0, "cg_max_iter must be >= 1, got 0"),
+        ("exact_max_params", -1, "exact_max_params must be >= 0, got -1"),
+    ],
+)
+def test_settings_that_would_fail_after_the_teacher_pass_are_refused_at_once(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        PrunerConfig(**{field: value})
+
+
 def test_an_unknown_method_is_left_to_the_pruner():
     assert PrunerConfig(method="not-registered").method == "not-registered"  # the registry is not imported here
 

@@ -46,6 +46,9 @@ class RecordingApi:
         RecordingApi.calls.append(("create_repo", repo_id, kwargs))
         return type("RepoUrl", (), {"repo_id": repo_id})()
 
+    def create_branch(self, repo_id, branch, **kwargs):
+        RecordingApi.calls.append(("create_branch", repo_id, {"branch": branch, **kwargs}))
+
     def upload_folder(self, repo_id, folder_path, **kwargs):
         files = sorted(p.name for p in __import__("pathlib").Path(folder_path).rglob("*") if p.is_file())
         readme = (__import__("pathlib").Path(folder_path) / "README.md").read_text()
@@ -79,6 +82,18 @@ def test_loading_against_the_wrong_source_is_refused(result, tiny_ds, tmp_path):
         load_pruned_dataset(folder)  # scored on local data: no Hub source to fetch
 
 
+def test_a_folder_shared_again_holds_only_the_latest_selection(result, tiny_ds, tmp_path):
+    folder = tmp_path / "subset"
+    result.select_indices(0.3)
+    save_pruning_result_for_hub(result, folder, dataset=tiny_ds, materialize=True)
+    assert len(load_pruned_dataset(folder)) == len(result.indices)
+    result.select_indices(0.7)
+    save_pruning_result_for_hub(result, folder, dataset=tiny_ds)
+    assert not (folder / "data").exists()
+    assert len(load_pruned_dataset(folder, dataset=tiny_ds)) == len(result.indices) == 18
+    result.select_indices(0.5, seed=3)  # the module's selection, for the tests after this one
+
+
 def test_push_subset_stops_at_the_network(result, monkeypatch):
     RecordingApi.calls = []
     monkeypatch.setattr(hub_mod, "HfApi", RecordingApi)
@@ -87,6 +102,12 @@ def test_push_subset_stops_at_the_network(result, monkeypatch):
     assert create == "create_repo" and kwargs["repo_type"] == "dataset" and kwargs["private"] is True
     assert upload == "upload_folder" and repo2 == "me/tiny-el2n-r0.5" and up["repo_type"] == "dataset"
     assert {"README.md", "indices.npy", "scores.npy", "pruning_result.json", "source.json"} <= set(up["files"])
+    assert "data/*" in up["delete_patterns"]  # an earlier selection's rows in the repo go
+    RecordingApi.calls = []
+    result.push_to_hub("me/tiny-el2n-r0.5", source_dataset="me/tiny", revision="r0.5")
+    assert [c[0] for c in RecordingApi.calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert RecordingApi.calls[1][2] == {"branch": "r0.5", "repo_type": "dataset", "exist_ok": True}
+    assert RecordingApi.calls[2][2]["revision"] == "r0.5"
 
 
 def test_card_embeds_the_policy_plot_and_the_class_grid(result, tiny_ds, tmp_path, monkeypatch):

@@ -101,6 +101,16 @@ def test_same_seed_same_rows_other_seed_other_rows(make_pruner, tiny_ds):
     assert not np.array_equal(a, result.select_indices(0.5, seed=2))
 
 
+def test_the_provenance_names_no_hub_source_it_cannot_know(make_pruner, tiny_ds):
+    import datasets
+
+    # what `datasets` records for load_dataset("MyOrg/MyData"): the repo's name, snake-cased, no namespace
+    info = datasets.DatasetInfo(dataset_name="my_data", builder_name="parquet", config_name="default")
+    named = datasets.Dataset(tiny_ds.data, info=info, fingerprint=tiny_ds._fingerprint)
+    prov = make_pruner(method="random").score(named).provenance
+    assert prov["dataset_name"] is None and prov["dataset_info_name"] == "my_data" and prov["dataset_config"] == "default"
+
+
 def test_save_load_roundtrip_and_reselect(make_pruner, tiny_ds, tmp_path):
     result = make_pruner(method="el2n").score(tiny_ds)
     result.select_indices(0.4)
@@ -130,7 +140,7 @@ def test_validation_split_is_stratified_and_from_training_rows():
     assert np.array_equal(val, validation_split(labels, 0.1, 6, seed=0))
 
 
-@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5, "0.3"])
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5, "0.3", 0.999])  # 0.999 keeps none of the rows
 def test_ratio_outside_open_interval_fails_before_the_teacher_pass(make_pruner, tiny_ds, ratio, monkeypatch):
     pruner = make_pruner(method="random")
     monkeypatch.setattr(pruner, "teacher_outputs", lambda ds: pytest.fail("teacher pass started"))

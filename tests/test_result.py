@@ -33,3 +33,32 @@ def test_a_saved_result_loads_from_its_folder(tmp_path):
         load_pruning_result(tmp_path / "r" / RESULT_FILE)
     with pytest.raises(FileNotFoundError, match="not a saved PruningResult"):
         PruningResult.load(tmp_path)
+
+
+def test_saving_over_a_folder_leaves_nothing_of_the_result_saved_there_before(tmp_path):
+    selected = tiny_result()
+    selected.extra_scores = {"self_influence": np.ones(10)}
+    selected.save(tmp_path)
+    unselected = tiny_result()
+    unselected.indices, unselected.ratio = None, None
+    unselected.save(tmp_path)
+    loaded = PruningResult.load(tmp_path)
+    assert loaded.indices is None and loaded.ratio is None and loaded.extra_scores == {}
+    assert not (tmp_path / "indices.npy").exists() and not (tmp_path / "scores_self_influence.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "name, values, message",
+    [
+        ("scores", np.zeros(7), r"scores.npy holds shape \(7,\), but pruning_result.json records 10 rows"),
+        ("labels", np.zeros((10, 2)), r"labels.npy holds shape \(10, 2\)"),
+        ("indices", np.array([2, 3, 5]), r"indices.npy holds shape \(3,\), but pruning_result.json records 5 rows"),
+        ("indices", np.array([2, 3, 5, 7, 10]), r"indices.npy holds row indices outside \[0, 10\)"),
+        ("val_indices", np.array([-1, 1]), r"val_indices.npy holds row indices outside \[0, 10\)"),
+    ],
+)
+def test_a_damaged_saved_result_is_refused_naming_the_file(tmp_path, name, values, message):
+    tiny_result().save(tmp_path)
+    np.save(tmp_path / f"{name}.npy", values)
+    with pytest.raises(ValueError, match=message):
+        PruningResult.load(tmp_path)

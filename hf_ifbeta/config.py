@@ -588,6 +588,9 @@ def _define_distillation_training_arguments():
                 raise ValueError(f"temperature must be > 0, got {self.temperature}.")
             if not 0.0 <= self.alpha <= 1.0:
                 raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
+            if self.label_names not in (None, ["labels"]):
+                raise ValueError(f"label_names must be ['labels'], the key the collator writes the labels under; got "
+                                 f"{self.label_names}. Name the dataset's label column in prepare_image_dataset instead.")  # fmt: skip
             super().__post_init__()
 
     DistillationTrainingArguments.__qualname__ = "DistillationTrainingArguments"

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import datasets
 import torch.nn as nn
@@ -264,7 +264,8 @@ def write_student_card(
     subset: Optional[str] = None,
     kd_settings: Optional[Dict[str, Any]] = None,
     metrics: Optional[Dict[str, float]] = None,
-    dataset: Optional[str] = None,
+    dataset: Optional[Union[str, List[str]]] = None,
+    card_data: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write `README.md` (model card) and `distillation.json`: how the student was distilled.
 
@@ -275,17 +276,25 @@ def write_student_card(
         subset (`str`, *optional*): the pruned subset it was trained on (Hub repo id or description).
         kd_settings (`dict`, *optional*): alpha, temperature, epochs, learning rate, ...
         metrics (`dict`, *optional*): evaluation results.
-        dataset (`str`, *optional*): the source dataset.
+        dataset (`str` or `list[str]`, *optional*): the source dataset(s).
+        card_data (`dict`, *optional*): more `ModelCardData` fields (`license`, `language`, `base_model`, extra
+            `tags`), as `Trainer.push_to_hub(license=..., tags=...)` passes them.
     """
     path = Path(save_directory)
     path.mkdir(parents=True, exist_ok=True)
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    datasets_ = [dataset] if isinstance(dataset, str) else list(dataset or []) or None
+    extra = dict(card_data or {})
+    extra_tags = extra.pop("tags", None) or []
     card_data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-classification",
-        tags=["image-classification", "timm", "knowledge-distillation", "hf_ifbeta"],
-        datasets=[dataset] if dataset else None,
+        tags=["image-classification", "timm", "knowledge-distillation", "hf_ifbeta"]
+        + ([extra_tags] if isinstance(extra_tags, str) else list(extra_tags)),
+        datasets=datasets_,
+        **extra,
     )
+    dataset = ", ".join(datasets_) if datasets_ else None
     rows = {"architecture": arch, "teacher": teacher, "training subset": subset, "dataset": dataset}
     rows.update({f"KD {k}": v for k, v in (kd_settings or {}).items()})
     rows.update({f"eval {k}": v for k, v in (metrics or {}).items()})

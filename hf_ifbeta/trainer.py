@@ -302,11 +302,14 @@ class DistillationTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: Optional[List[str]] = None,
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """`(KD loss, student logits (B, C) float32, labels (B,))`; no loss without labels unless alpha == 1."""
+        """`(KD loss, student logits (B, C) float32, labels (B,))`; no loss without labels unless alpha == 1, nor
+        without teacher logits."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
+        # Without a teacher and cached logits (a student trained on cached ones) there is accuracy but no KD loss.
+        has_teacher = self.teacher_model is not None or inputs.get("teacher_logits") is not None
         with torch.no_grad():
-            if labels is not None or self.args.alpha == 1.0:
+            if has_teacher and (labels is not None or self.args.alpha == 1.0):
                 loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
                 loss, logits = loss.detach(), outputs["logits"]
             else:
@@ -374,10 +377,13 @@ class DistillationTrainer(Trainer):
             "optimizer": getattr(self.args.optim, "value", str(self.args.optim)),  # "sgd", not "OptimizerNames.SGD"
             "train_batch_size": self.args.per_device_train_batch_size * self.args.world_size,
         }
+        # transformers' card options that a model card's metadata holds; the rest (model_name, tasks, ...) are its own
+        card_data = {k: kwargs[k] for k in ("license", "language", "tags") if kwargs.get(k) is not None}
+        if kwargs.get("finetuned_from") is not None:
+            card_data["base_model"] = kwargs["finetuned_from"]
         write_student_card(
             student, self.args.output_dir, teacher=teacher, subset=subset, kd_settings=kd,
-            metrics={"accuracy": evals[-1]["eval_accuracy"]} if evals else None,
-            dataset=dataset if isinstance(dataset, str) else None,
+            metrics={"accuracy": evals[-1]["eval_accuracy"]} if evals else None, dataset=dataset, card_data=card_data,
         )
 
     # ---- logging ----
@@ -391,6 +397,13 @@ class DistillationTrainer(Trainer):
                 logs["ce_loss"] = (parts[1] / parts[2]).item()
             self._kd_parts.zero_()
         super().log(logs, start_time)
+
+    def _remove_unused_columns(self, dataset, description: Optional[str] = None):
+        # A dataset with a transform (`prepare_image_dataset` for large inputs) reads its raw image column and
+        # returns only batch keys: removing the columns would leave the transform nothing to read.
+        if getattr(dataset, "format", {}).get("type") == "custom":
+            return dataset
+        return super()._remove_unused_columns(dataset, description=description)
 
     def _set_signature_columns_if_needed(self) -> None:
         # With `remove_unused_columns=True`, keep the batch keys rather than the student's forward arguments.
@@ -410,7 +423,7 @@ class DistillationTrainer(Trainer):
         required = ["pixel_values"]
         if train and self.args.alpha < 1.0:
             required.append("labels")
-        if self.teacher_model is None:
+        if self.teacher_model is None and train:
             required.append("teacher_logits")
         hint = (
             f"DistillationTrainer's batches need {required}. For a dataset of images, prepare it with "

@@ -139,6 +139,9 @@ def test_cached_teacher_logits_replace_the_teacher(tmp_path, tiny_ds):
     no_teacher.train()
     with pytest.raises(ValueError, match="teacher_logits"):
         no_teacher.compute_loss(student, {k: v for k, v in batch.items() if k != "teacher_logits"})
+    # ...and evaluating the student needs no teacher: accuracy, no KD loss
+    metrics = no_teacher.evaluate(prepare_image_dataset(tiny_ds, student, "img", "label", train=False))
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_loss" not in metrics
 
 
 def test_training_keeps_the_teacher_out_and_logs_kd_and_ce(tmp_path, tiny_ds):
@@ -389,6 +392,7 @@ def test_class_count_mismatch_names_both_counts(tmp_path, tiny_ds):
     (dict(temperature=-1.0), "temperature"),
     (dict(alpha=-0.1), "alpha"),
     (dict(alpha=1.5), "alpha"),
+    (dict(label_names=["y"]), "label_names"),
 ])
 def test_bad_kd_arguments(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=rf"{name} must be"):
@@ -398,6 +402,19 @@ def test_bad_kd_arguments(tmp_path, kwargs, name):
 def test_plain_training_arguments_are_refused(tmp_path, tiny_ds):
     with pytest.raises(TypeError, match="DistillationTrainingArguments"):
         DistillationTrainer(model=TinyNet(), teacher_model=tiny_teacher(), args=TrainingArguments(str(tmp_path)))
+
+
+def test_remove_unused_columns_keeps_what_a_lazy_transform_reads(tmp_path, tiny_ds):
+    student = TinyNet()
+    student.pretrained_cfg = dict(input_size=(3, 96, 96), mean=MEAN, std=STD, crop_pct=1.0, interpolation="bilinear")
+    lazy = prepare_image_dataset(tiny_ds, student, "img", "label")  # above 64 px: decoded per batch by a transform
+    assert lazy.format["type"] == "custom"
+    trainer = DistillationTrainer(
+        model=student, teacher_model=tiny_teacher(), args=make_args(tmp_path, remove_unused_columns=True),
+        train_dataset=lazy, eval_dataset=prepare_image_dataset(tiny_ds, student, "img", "label", train=False),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["pixel_values"].shape == (8, 3, 96, 96) and batch["labels"].shape == (8,)
 
 
 def test_missing_columns(tmp_path, tiny_ds):
@@ -573,3 +590,8 @@ def test_saved_and_pushed_student_loads_with_timm_and_carries_its_card(tmp_path,
     card = (tmp_path / "out" / "README.md").read_text()
     assert "cifar10_resnet56" in card and "me/cifar10-ifbeta-r0.3" in card and "temperature" in card
     assert uploads and {"README.md", "config.json", "model.safetensors"} <= set(uploads[-1])
+    # transformers' card options reach the card's metadata, as they do for a transformers model
+    trainer.push_to_hub(license="mit", tags="mytag", language="en", finetuned_from="me/base", dataset=["a/b", "c/d"])
+    meta = huggingface_hub.ModelCard.load(tmp_path / "out" / "README.md").data
+    assert meta.license == "mit" and meta.language == "en" and meta.base_model == "me/base"
+    assert {"mytag", "timm", "hf_ifbeta"} <= set(meta.tags) and meta.datasets == ["a/b", "c/d"]

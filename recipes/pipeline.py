@@ -8,8 +8,8 @@
 On N processes the global batch is N x `--per_device_train_batch_size` x `--gradient_accumulation_steps`, so
 `--learning_rate` (the rate for one process's batch) is multiplied by N (`--scale_lr`, on by default), and the
 policy's inner proxy fit gets the student's budget: `inner_batch_size` = the global batch, `inner_epochs` =
-`--num_train_epochs`, or the passes over the kept rows that `--max_steps` makes (`--tie_policy_budget`, on by default). The proxy's loss is the student's: `--alpha` and
-`--temperature` set both.
+`--num_train_epochs`, or the passes over the kept rows that `--max_steps` makes (`--tie_policy_budget`, on by
+default). The proxy's loss is the student's: `--alpha` and `--temperature` set both.
 """
 
 import importlib.util

@@ -584,8 +584,8 @@ def _define_distillation_training_arguments():
         )
 
         def __post_init__(self):
-            if not self.temperature > 0:  # also rejects NaN
-                raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+            if not 0 < self.temperature < math.inf:  # also rejects NaN; the recipes hand it to PrunerConfig unchecked
+                raise ValueError(f"temperature must be finite and > 0, got {self.temperature}.")
             if not 0.0 <= self.alpha <= 1.0:
                 raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
             if self.label_names not in (None, ["labels"]):

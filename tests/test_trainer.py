@@ -390,6 +390,7 @@ def test_class_count_mismatch_names_both_counts(tmp_path, tiny_ds):
 @pytest.mark.parametrize("kwargs, name", [
     (dict(temperature=0.0), "temperature"),
     (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=float("inf")), "temperature"),
     (dict(alpha=-0.1), "alpha"),
     (dict(alpha=1.5), "alpha"),
     (dict(label_names=["y"]), "label_names"),

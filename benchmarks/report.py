@@ -521,6 +521,79 @@ def beta_family_table(family) -> str:
     return "\n".join(lines)
 
 
+# The protocol's KD weight; settings recorded before `alpha` was a field of their spec distilled at it.
+PROTOCOL_ALPHA = 0.9
+
+
+def _alpha(row) -> float:
+    return row.get("setting_spec", {}).get("alpha", PROTOCOL_ALPHA)
+
+
+def _spec_but_alpha(row):
+    spec = row.get("setting_spec")
+    return None if spec is None else tuple(sorted((k, str(v)) for k, v in spec.items() if k not in ("name", "alpha")))
+
+
+def kd_weight_pairs(rows, ratios=(0.3, 0.5, 0.7)):
+    """Settings that differ from another only in the student's KD weight, cell by cell against it: for each such
+    (setting, base) and ratio, every method's top-1 at the setting's alpha minus at the base's on the same seed,
+    engine and precision, and each method's lead over random at the one alpha minus at the other (seeds where both
+    settings ran the method and random)."""
+    cells = _cells(rows, lambda r: (setting_of(r), engine_of(r), precision_of(r), r["method"], r["ratio"], r["seed"]))
+    spec_of = {}
+    for r in rows:
+        if _spec_but_alpha(r) is not None:
+            spec_of.setdefault(setting_of(r), (_spec_but_alpha(r), _alpha(r)))
+    out = []
+    for setting, (spec, alpha) in spec_of.items():
+        for base, (base_spec, base_alpha) in spec_of.items():
+            if base == setting or base_spec != spec or base_alpha == alpha or alpha == PROTOCOL_ALPHA:
+                continue
+            for ratio in ratios:
+                shared = sorted(
+                    k[1:] for k in cells
+                    if k[0] == setting and k[4] == ratio and (base, *k[1:]) in cells
+                )  # (engine, precision, method, ratio, seed) run at both alphas
+                methods = sorted({k[2] for k in shared}, key=_rank)
+                for method in methods:
+                    keys = [k for k in shared if k[2] == method]
+                    diffs = [cells[(setting, *k)]["test_top1"] - cells[(base, *k)]["test_top1"] for k in keys]
+                    lead = []
+                    for k in keys:
+                        rand = (*k[:2], "random", *k[3:])
+                        if method != "random" and rand in shared:
+                            lead.append(diffs[keys.index(k)] - (cells[(setting, *rand)]["test_top1"]
+                                                                - cells[(base, *rand)]["test_top1"]))  # fmt: skip
+                    out.append({
+                        "setting": setting, "base": base, "alpha": alpha, "base_alpha": base_alpha, "ratio": ratio,
+                        "method": method, "seeds": [k[-1] for k in keys], "diff": paired_interval(diffs),
+                        "lead_diff": paired_interval(lead) if lead else None, "lead_pairs": len(lead),
+                    })  # fmt: skip
+    return out
+
+
+def kd_weight_table(pairs) -> str:
+    if not pairs:
+        return ""
+    fmt = lambda m, lo, hi: f"{m:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else "")  # noqa: E731
+    lines = [
+        "The student's KD weight: each setting that differs from another only in alpha, minus that setting, cell by "
+        "cell (same method, ratio, seed, engine and precision); mean paired difference in test top-1 points [95 % "
+        "CI over seeds] (seeds); and the method's lead over random at the one alpha minus its lead at the other.",
+        "",
+        "| setting − base (alpha) | ratio | method | top-1 difference (seeds) | lead over random, difference (pairs) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for p in pairs:
+        lead = f"{fmt(*p['lead_diff'])} ({p['lead_pairs']})" if p["lead_diff"] else "–"
+        seeds = ", ".join(map(str, p["seeds"]))
+        lines.append(
+            f"| {p['setting']} − {p['base']} ({p['alpha']:g} − {p['base_alpha']:g}) | {p['ratio']} | {p['method']} | "
+            f"{fmt(*p['diff'])} ({seeds}) | {lead} |"
+        )
+    return "\n".join(lines)
+
+
 def settings_summary(summaries, method="if-beta", ratios=(0.3, 0.5, 0.7)):
     """{setting: {ratio: (mean, low, high, pairs)}} of `method` minus random."""
     out = {}
@@ -608,10 +681,12 @@ def report(path):
     base_rows = [*groups.get(BASE_SETTING, []), *engine_check]
     family = beta_family(base_rows)
     family["pooled"] = [p for p in (pooled_noise(base_rows, r) for r in (0.3, 0.5, 0.7)) if p]
+    kd_weight = kd_weight_pairs(rows)
     Path(f"{stem}_summary.json").write_text(json.dumps(
         {"cells": summary, "verdict": verdicts, "versus_default": candidates, "settings": summaries,
          "beta_family": {**family, "best": {str(r): m for r, m in family["best"].items()}},
-         "if_beta_minus_random": {k: {str(r): v for r, v in row.items()} for k, row in overview.items()}},
+         "if_beta_minus_random": {k: {str(r): v for r, v in row.items()} for k, row in overview.items()},
+         "kd_weight": kd_weight},
         indent=2,
     ))
     text = "\n\n".join(filter(None, [table(summary, profile, left_out=left_out_of[BASE_SETTING]), verdict_table(verdicts), versus_default_table(candidates)]))
@@ -627,7 +702,8 @@ def report(path):
             first = next((r for r in groups[setting] if r.get("setting_spec")), None)
             title = f"**{setting}**" + (f" ({_describe(first)}). " if first else ". ")
             parts.append(table(setting_summary, profile, title=title, left_out=left_out_of[setting]))
-    settings_text = "\n\n".join(parts)
+    parts.append(kd_weight_table(kd_weight))
+    settings_text = "\n\n".join(filter(None, parts))
     family_text = beta_family_table(family)
     print("\n\n".join(filter(None, [text, settings_text, family_text])))
     if summary:
@@ -644,8 +720,8 @@ def report(path):
 def _describe(row) -> str:
     spec = row["setting_spec"]
     noise = f", {100 * spec['label_noise']:.0f} % of the training labels flipped" if spec.get("label_noise") else ""
-    if spec.get("alpha", 0.9) != 0.9:  # the protocol's KD weight; settings from before the field distilled at it
-        noise += f", KD weight alpha {spec['alpha']:g}"
+    if _alpha(row) != PROTOCOL_ALPHA:
+        noise += f", KD weight alpha {_alpha(row):g}"
     data = Path(spec["train_file"]).parent.name
     teacher, weights = spec["teacher"], Path(spec.get("teacher_checkpoint") or spec["teacher"]).stem
     if weights != teacher:  # the same architecture trained on other data (Tiny-ImageNet's ResNet-56)

@@ -230,3 +230,34 @@ def test_pooled_noise_fits_method_and_seed_effects_on_the_largest_balanced_table
         report.pooled_noise(rows + [{**cell("a", 0.7, 0, 80.0), "engine": "trainer"}], 0.7)
     family = {**report.beta_family(rows), "pooled": [pooled]}
     assert "Ratio 0.7, the 3 methods the trainer ran on each of seeds 0, 1, 2" in report.beta_family_table(family)
+
+
+def test_settings_that_differ_only_in_the_kd_weight_pair_cell_by_cell():
+    base_spec = {"name": "cifar10", "train_file": "train.parquet", "student": "r20", "label_noise": 0.0}
+    specs = {
+        "cifar10": base_spec,
+        "cifar10-kd1": {**base_spec, "name": "cifar10-kd1", "alpha": 1.0},
+        "cifar10-noisy20": {**base_spec, "name": "cifar10-noisy20", "label_noise": 0.2},  # not an alpha variant
+    }
+    top1 = {  # (setting, method, seed) -> top-1 at ratio 0.7
+        ("cifar10", "random", 0): 80.0, ("cifar10", "random", 1): 81.0, ("cifar10", "if-beta", 0): 80.5,
+        ("cifar10", "if-beta", 1): 80.0, ("cifar10-kd1", "random", 0): 79.8, ("cifar10-kd1", "random", 1): 80.6,
+        ("cifar10-kd1", "if-beta", 0): 80.9, ("cifar10-kd1", "if-beta", 1): 81.0,
+        ("cifar10-noisy20", "random", 0): 70.0, ("cifar10-noisy20", "if-beta", 0): 71.0,
+    }  # fmt: skip
+    rows = [{**cell(m, 0.7, s, v), "setting": k, "engine": "trainer", "setting_spec": specs[k]}
+            for (k, m, s), v in top1.items()]  # fmt: skip
+    rows.append({**cell("if-beta", 0.7, 2, 90.0), "setting": "cifar10-kd1", "engine": "trainer",
+                 "setting_spec": specs["cifar10-kd1"]})  # no alpha-0.9 cell on seed 2: left out  # fmt: skip
+    rows.append({**cell("if-beta", 0.7, 1, 99.0), "setting": "cifar10-kd1", "setting_spec": specs["cifar10-kd1"]})
+    pairs = report.kd_weight_pairs(rows)  # the loop's cell above has no alpha-0.9 cell on its engine
+    assert {(p["setting"], p["base"], p["method"]) for p in pairs} == {
+        ("cifar10-kd1", "cifar10", "random"), ("cifar10-kd1", "cifar10", "if-beta")
+    }
+    by = {p["method"]: p for p in pairs}
+    assert by["if-beta"]["seeds"] == [0, 1] and by["if-beta"]["diff"][0] == pytest.approx((0.4 + 1.0) / 2)
+    assert by["random"]["diff"][0] == pytest.approx((-0.2 - 0.4) / 2) and by["random"]["lead_diff"] is None
+    assert by["if-beta"]["lead_diff"][0] == pytest.approx((0.6 + 1.4) / 2) and by["if-beta"]["lead_pairs"] == 2
+    text = report.kd_weight_table(pairs)
+    assert "| cifar10-kd1 − cifar10 (1 − 0.9) | 0.7 | if-beta | +0.70 [" in text and "(0, 1) | +1.00 [" in text
+    assert report.kd_weight_table([]) == ""

@@ -559,11 +559,10 @@ def kd_weight_pairs(rows, ratios=(0.3, 0.5, 0.7)):
                     keys = [k for k in shared if k[2] == method]
                     diffs = [cells[(setting, *k)]["test_top1"] - cells[(base, *k)]["test_top1"] for k in keys]
                     lead = []
-                    for k in keys:
+                    for k, diff in zip(keys, diffs):
                         rand = (*k[:2], "random", *k[3:])
                         if method != "random" and rand in shared:
-                            lead.append(diffs[keys.index(k)] - (cells[(setting, *rand)]["test_top1"]
-                                                                - cells[(base, *rand)]["test_top1"]))  # fmt: skip
+                            lead.append(diff - (cells[(setting, *rand)]["test_top1"] - cells[(base, *rand)]["test_top1"]))
                     out.append({
                         "setting": setting, "base": base, "alpha": alpha, "base_alpha": base_alpha, "ratio": ratio,
                         "method": method, "seeds": [k[-1] for k in keys], "diff": paired_interval(diffs),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from hf_ifbeta.influence import influence_scores
 from hf_ifbeta.losses import ProxyLoss
+from hf_ifbeta.selection import num_kept, stratified_subsample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kd_sweep  # noqa: E402
@@ -36,15 +37,6 @@ RATIOS = (0.3, 0.5, 0.7)
 ALPHAS = (0.0, 0.5, 0.9, 1.0)
 VIEWS = ("layer3", "layer2_2x2")
 VAL_ROWS = 5_000
-
-
-def stratified(labels: np.ndarray, pool: np.ndarray, keep: float, rng: np.random.Generator) -> np.ndarray:
-    """`keep` of each class of `pool`, uniformly at random."""
-    rows = []
-    for c in np.unique(labels[pool]):
-        members = pool[labels[pool] == c]
-        rows.append(rng.choice(members, size=int(round(keep * len(members))), replace=False))
-    return np.sort(np.concatenate(rows))
 
 
 def head_on_val(features, logits, labels, kept, val, alpha: float):
@@ -75,7 +67,7 @@ def main(argv=None):
         features = stages[view].astype(np.float32)
         for ratio in RATIOS:
             for seed in range(args.seeds):
-                kept = stratified(labels, pool, 1 - ratio, np.random.default_rng(seed))
+                kept = stratified_subsample(pool, labels, num_kept(len(pool), ratio), np.random.default_rng(seed))
                 for alpha in ALPHAS:
                     ce, err = head_on_val(features, logits, labels, kept, val, alpha)
                     cells.append({"view": view, "ratio": ratio, "seed": seed, "alpha": alpha, "kept": len(kept),

@@ -24,10 +24,11 @@ def synthetic(n=600, d=6, C=3, seed=0):
     return features, logits, labels
 
 
-def test_stratified_keeps_the_share_of_every_class_from_the_pool_only():
+def test_the_subsets_keep_the_share_of_every_class_from_the_pool_only():
     labels = np.repeat([0, 1, 2], [100, 60, 40])
     pool = np.arange(20, 200)
-    kept = alpha_proxy_check.stratified(labels, pool, 0.5, np.random.default_rng(0))
+    size = alpha_proxy_check.num_kept(len(pool), 0.5)
+    kept = alpha_proxy_check.stratified_subsample(pool, labels, size, np.random.default_rng(0))
     assert np.isin(kept, pool).all() and len(np.unique(kept)) == len(kept)
     assert np.bincount(labels[kept]).tolist() == [40, 30, 20]
 

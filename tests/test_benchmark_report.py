@@ -36,8 +36,8 @@ def test_summary_pairs_seeds_and_verdict_applies_the_criterion():
     assert verdicts["influence"]["average_diff"] is None and not verdicts["influence"]["meets"]  # incomplete
     assert verdicts["if-beta"]["seeds"][0.3] == 2
     text = report.verdict_table(report.verdict(summary))
-    assert "| if-beta | +0.20 (2) | +1.00 (2) | +0.60 (2) | +0.60 | yes |" in text
-    assert "| influence | – | – | +10.00 (1) | incomplete | no |" in text  # against random on seed 0 only
+    assert "| if-beta | +0.20 (2) | +1.00 (2) | +0.60 (2) | +0.60 | +0.60 [+0.60, +0.60] (2) | yes |" in text
+    assert "| influence | – | – | +10.00 (1) | incomplete | – | no |" in text  # against random on seed 0 only
     # a third random seed that if-beta lacks does not move if-beta's comparison
     extra = {v["method"]: v for v in report.verdict(report.summarise(rows + [cell("random", 0.7, 2, 70.0)]))}
     assert extra["if-beta"]["diff_vs_random"] == verdicts["if-beta"]["diff_vs_random"]
@@ -183,6 +183,26 @@ def test_a_method_pairs_with_random_only_in_the_precision_its_seeds_random_ran_i
     assert report.comparable(rerun + fp32) == (fp32, rerun)
 
 
+def test_the_average_over_ratios_pairs_by_seed():
+    # seed 2 lacks ratio 0.7, so it is left out; each seed's mean over the ratios is one difference
+    joint = report.joint_average({0.3: {0: 1.0, 1: 0.0, 2: 5.0}, 0.7: {0: 0.0, 1: -1.0}})
+    assert joint["seeds"] == [0, 1] and joint["mean"] == pytest.approx(0.0)
+    half = 12.706 * np.std([0.5, -0.5], ddof=1) / np.sqrt(2)  # t(0.975, 1 df)
+    assert joint["ci95"] == pytest.approx([-half, half], abs=1e-3)
+    assert report.joint_average({0.3: {0: 1.0}, 0.7: {}}) is None and report.joint_average({}) is None
+    assert report.joint_average({0.3: {0: 1.0}, 0.7: {1: 1.0}}) is None  # no seed has both
+    assert report.joint_average({0.3: {0: 1.0}, 0.7: {0: 0.0}}) == {"mean": 0.5, "ci95": None, "seeds": [0]}
+    # the per-ratio intervals of the same cells are wider: the ratios' noise partly cancels within a seed
+    summary = report.summarise([cell(m, r, s, 80.0 + d) for s, shifts in ((0, (0.0, 0.0)), (1, (1.0, 0.0)), (2, (0.0, 1.0)))
+                                for r, d0 in zip((0.3, 0.7), shifts) for m, d in (("random", 0.0), ("if-beta", d0))])
+    verdict = next(v for v in report.verdict(summary, ratios=(0.3, 0.7)) if v["method"] == "if-beta")
+    assert verdict["average_by_seed"]["seeds"] == [0, 1, 2] and verdict["average_by_seed"]["mean"] == pytest.approx(1 / 3)
+    assert verdict["average_by_seed"]["ci95"][1] - verdict["average_by_seed"]["ci95"][0] == pytest.approx(
+        2 * 4.303 * np.std([0.0, 0.5, 0.5], ddof=1) / np.sqrt(3), abs=1e-3)
+    per_ratio = next(x for x in summary if x["method"] == "if-beta" and x["ratio"] == 0.3)["paired_ci95"]
+    assert verdict["average_by_seed"]["ci95"][1] - verdict["average_by_seed"]["ci95"][0] < per_ratio[1] - per_ratio[0]
+
+
 def test_the_beta_family_pairs_within_one_engine_and_picks_the_best_per_ratio():
     assert report.in_beta_family("if-beta") and report.in_beta_family("if-beta@policy_a=1,policy_b=2")
     assert report.in_beta_family('if-beta@policy_learned_by="stage2x2"')
@@ -203,7 +223,8 @@ def test_the_beta_family_pairs_within_one_engine_and_picks_the_best_per_ratio():
     text = report.beta_family_table(family)
     assert "| 0.7 | if-beta@policy_a=1,policy_b=2 | (1.00, 2.00) | 0.33 | -1.00 [-1.00, -1.00] (2) |" in text
     assert text.index("policy_a=1") < text.index("| 0.7 | random") < text.index("| 0.7 | if-beta |")  # by lean
-    assert text.endswith("0.3: random +0.00; 0.7: if-beta +0.30 (2); their average +0.15.")
+    assert text.endswith("0.3: random +0.00; 0.7: if-beta +0.30 (2); their average +0.15; paired by seed (each seed's "
+                         "mean over the ratios, where every pick has a pair) +0.05 (1).")  # seed 0 only: (0 + 0.1) / 2
     assert report.beta_family(rows, ratios=(0.3, 0.7))["best"] == {0.3: "random", 0.7: "random"}  # two pairs are too few
     assert report.beta_family([])["best_average"] is None and report.beta_family_table(report.beta_family([])) == ""
 

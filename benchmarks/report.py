@@ -12,6 +12,7 @@ setting and ratio) next to the JSONL, and refreshes the blocks between the `<!--
 """
 
 import argparse
+import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -438,6 +439,17 @@ def _cells(rows, key):
     return cells
 
 
+def _pairs_by_seed(cells, method, ratio, engines=("trainer", "loop")):
+    """{seed: (method's cell, random's cell)} for the seeds where both ran on one engine, the first of `engines`
+    that has both."""
+    pairs = {}
+    for seed in sorted({s for (m, q, s, _) in cells if m == method and q == ratio}):
+        engine = next((e for e in engines if (method, ratio, seed, e) in cells and ("random", ratio, seed, e) in cells), None)
+        if engine is not None:
+            pairs[seed] = (cells[(method, ratio, seed, engine)], cells[("random", ratio, seed, engine)])
+    return pairs
+
+
 def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop"), min_pairs=3):
     """Per ratio, every Beta policy distilled over the default's ranks (random is Beta(1, 1)), each seed paired with
     random on the same seed and engine, the first of `engines` that has both cells; and per ratio the policy with
@@ -448,15 +460,9 @@ def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop"), min_p
     for ratio in ratios:
         methods = sorted({m for (m, q, _, _) in cells if q == ratio and in_beta_family(m)})
         for method in methods:
-            pairs, ab = {}, []
-            for seed in sorted({s for (m, q, s, _) in cells if m == method and q == ratio}):
-                engine = next((e for e in engines if (method, ratio, seed, e) in cells and ("random", ratio, seed, e) in cells), None)
-                if engine is None:
-                    continue
-                mine = cells[(method, ratio, seed, engine)]
-                pairs[seed] = mine["test_top1"] - cells[("random", ratio, seed, engine)]["test_top1"]
-                if mine.get("policy") and "a" in mine["policy"]:
-                    ab.append((mine["policy"]["a"], mine["policy"]["b"]))
+            both = _pairs_by_seed(cells, method, ratio, engines)
+            pairs = {seed: mine["test_top1"] - random["test_top1"] for seed, (mine, random) in both.items()}
+            ab = [(m["policy"]["a"], m["policy"]["b"]) for m, _ in both.values() if m.get("policy") and "a" in m["policy"]]
             if not pairs:
                 continue
             mean, low, high = paired_interval(list(pairs.values()))
@@ -478,6 +484,42 @@ def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop"), min_p
     joint = joint_average({r: best[r]["by_seed"] for r in ratios}) if complete else None
     return {"policies": policies, "best": {r: p["method"] for r, p in best.items()}, "best_average": average,
             "best_average_by_seed": joint, "min_pairs": min_pairs}
+
+
+def combinations(rows, ratios=(0.3, 0.5, 0.7), min_pairs=6, engines=("trainer", "loop")):
+    """Every choice of one method per ratio among those with `min_pairs` pairs or more there (any method, paired as
+    in `beta_family`), each with its average paired by seed (`joint_average`): what the bar's "+0.5 on average"
+    allows of the methods measured well enough to say. The choice with the highest mean and the one with the highest
+    upper end of its interval; None where a ratio has no such method."""
+    cells = _cells(rows, lambda r: (r["method"], r["ratio"], r["seed"], engine_of(r)))
+    options = {}
+    for ratio in ratios:
+        for method in sorted({m for (m, q, _, _) in cells if q == ratio and m not in ("random", "full", "full-nokd")}):
+            both = _pairs_by_seed(cells, method, ratio, engines)
+            if len(both) >= min_pairs:
+                options.setdefault(ratio, {})[method] = {s: m["test_top1"] - r["test_top1"] for s, (m, r) in both.items()}
+    if len(options) < len(ratios):
+        return None
+    scored = []
+    for choice in itertools.product(*(sorted(options[r]) for r in ratios)):
+        joint = joint_average({r: options[r][m] for r, m in zip(ratios, choice)})
+        if joint is not None and joint["ci95"] is not None:
+            scored.append({"methods": dict(zip(map(str, ratios), choice)), **joint})
+    if not scored:
+        return None
+    return {"min_pairs": min_pairs, "count": len(scored), "best_mean": max(scored, key=lambda c: c["mean"]),
+            "highest_upper": max(scored, key=lambda c: c["ci95"][1])}
+
+
+def combinations_text(found) -> str:
+    if not found:
+        return ""
+    describe = lambda c: f"{' / '.join(c['methods'].values())}, {_joint(c)}"  # noqa: E731
+    return (
+        f"Every choice of one method per ratio among those with {found['min_pairs']} pairs or more at that ratio "
+        f"({found['count']} choices), each with its average over the ratios paired by seed [95 % CI] (seeds): the "
+        f"highest mean is {describe(found['best_mean'])}; the highest upper end {describe(found['highest_upper'])}."
+    )
 
 
 def pooled_noise(rows, ratio: float, engine: str = "trainer"):
@@ -545,6 +587,7 @@ def beta_family_table(family) -> str:
             f"{pooled['residual_sd']:.2f} ({pooled['df']} df); the test that no method differs: F = {pooled['F']:.2f}, p = {pooled['p']:.3f}; "
             f"any method minus random ±{pooled['half_width']:.2f} (95 %) under the pooled noise."
         )]  # fmt: skip
+    lines += ["", text] if (text := combinations_text(family.get("combinations"))) else []
     return "\n".join(lines)
 
 
@@ -707,6 +750,7 @@ def report(path):
     base_rows = [*groups.get(BASE_SETTING, []), *engine_check]
     family = beta_family(base_rows)
     family["pooled"] = [p for p in (pooled_noise(base_rows, r) for r in (0.3, 0.5, 0.7)) if p]
+    family["combinations"] = combinations(base_rows)
     kd_weight = kd_weight_pairs(rows)
     Path(f"{stem}_summary.json").write_text(json.dumps(
         {"cells": summary, "verdict": verdicts, "versus_default": candidates, "settings": summaries,

@@ -282,3 +282,22 @@ def test_settings_that_differ_only_in_the_kd_weight_pair_cell_by_cell():
     text = report.kd_weight_table(pairs)
     assert "| cifar10-kd1 − cifar10 (1 − 0.9) | 0.7 | if-beta | +0.70 [" in text and "(0, 1) | +1.00 [" in text
     assert report.kd_weight_table([]) == ""
+
+
+def test_combinations_cover_every_well_measured_choice_per_ratio():
+    trainer = lambda m, r, s, top1: {**cell(m, r, s, top1), "engine": "trainer"}  # noqa: E731
+    rows = [trainer("random", r, s, 80.0) for r in (0.3, 0.7) for s in (0, 1, 2)]
+    steady, noisy = (1.0, 1.0, 1.0), (3.0, -1.0, 0.5)  # means +1.0 and +0.83, the second much wider
+    rows += [trainer("a", 0.3, s, 80.0 + d) for s, d in enumerate(steady)]
+    rows += [trainer("b", 0.3, s, 80.0 + d) for s, d in enumerate(noisy)]
+    rows += [trainer("c", 0.7, s, 80.0) for s in (0, 1, 2)]
+    rows += [trainer("d", 0.7, s, 85.0) for s in (0, 1)]  # two pairs: too few to be a choice
+    found = report.combinations(rows, ratios=(0.3, 0.7), min_pairs=3)
+    assert found["count"] == 2  # (a or b) at 0.3, c at 0.7
+    assert found["best_mean"]["methods"] == {"0.3": "a", "0.7": "c"} and found["best_mean"]["mean"] == pytest.approx(0.5)
+    assert found["highest_upper"]["methods"] == {"0.3": "b", "0.7": "c"}  # the wide one reaches higher
+    assert found["highest_upper"]["ci95"][1] > 1.0 and found["best_mean"]["ci95"] == pytest.approx([0.5, 0.5])
+    text = report.combinations_text(found)
+    assert "(2 choices)" in text and "the highest mean is a / c, +0.50 [+0.50, +0.50] (3)" in text
+    assert report.combinations(rows, ratios=(0.3, 0.5, 0.7), min_pairs=3) is None  # nothing measured at 0.5
+    assert report.combinations_text(None) == ""

@@ -486,11 +486,12 @@ def beta_family(rows, ratios=(0.3, 0.5, 0.7), engines=("trainer", "loop"), min_p
             "best_average_by_seed": joint, "min_pairs": min_pairs}
 
 
-def combinations(rows, ratios=(0.3, 0.5, 0.7), min_pairs=6, engines=("trainer", "loop")):
+def combinations(rows, ratios=(0.3, 0.5, 0.7), min_pairs=6, engines=("trainer", "loop"), target=0.5):
     """Every choice of one method per ratio among those with `min_pairs` pairs or more there (any method, paired as
     in `beta_family`), each with its average paired by seed (`joint_average`): what the bar's "+0.5 on average"
-    allows of the methods measured well enough to say. The choice with the highest mean and the one with the highest
-    upper end of its interval; None where a ratio has no such method."""
+    (`target`) allows of the methods measured well enough to say. The choice with the highest mean, the one with the
+    highest upper end of its interval, and how many intervals reach `target`; None where a ratio has no such
+    method."""
     cells = _cells(rows, lambda r: (r["method"], r["ratio"], r["seed"], engine_of(r)))
     options = {}
     for ratio in ratios:
@@ -508,7 +509,8 @@ def combinations(rows, ratios=(0.3, 0.5, 0.7), min_pairs=6, engines=("trainer", 
     if not scored:
         return None
     return {"min_pairs": min_pairs, "count": len(scored), "best_mean": max(scored, key=lambda c: c["mean"]),
-            "highest_upper": max(scored, key=lambda c: c["ci95"][1])}
+            "highest_upper": max(scored, key=lambda c: c["ci95"][1]), "target": target,
+            "reaching_target": sum(c["ci95"][1] >= target for c in scored)}
 
 
 def combinations_text(found) -> str:
@@ -518,7 +520,8 @@ def combinations_text(found) -> str:
     return (
         f"Every choice of one method per ratio among those with {found['min_pairs']} pairs or more at that ratio "
         f"({found['count']} choices), each with its average over the ratios paired by seed [95 % CI] (seeds): the "
-        f"highest mean is {describe(found['best_mean'])}; the highest upper end {describe(found['highest_upper'])}."
+        f"highest mean is {describe(found['best_mean'])}; the highest upper end {describe(found['highest_upper'])}; "
+        f"{found['reaching_target']} of the {found['count']} intervals reach {found['target']:+.2f}."
     )
 
 

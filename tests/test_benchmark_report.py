@@ -298,6 +298,8 @@ def test_combinations_cover_every_well_measured_choice_per_ratio():
     assert found["highest_upper"]["methods"] == {"0.3": "b", "0.7": "c"}  # the wide one reaches higher
     assert found["highest_upper"]["ci95"][1] > 1.0 and found["best_mean"]["ci95"] == pytest.approx([0.5, 0.5])
     text = report.combinations_text(found)
-    assert "(2 choices)" in text and "the highest mean is a / c, +0.50 [+0.50, +0.50] (3)" in text
+    reaching = lambda t: report.combinations(rows, ratios=(0.3, 0.7), min_pairs=3, target=t)["reaching_target"]  # noqa: E731
+    assert (reaching(0.25), reaching(0.75), reaching(5.0)) == (2, 1, 0)  # a / c's interval is [0.5, 0.5]
+    assert "(2 choices)" in text and f"{found['reaching_target']} of the 2 intervals reach +0.50" in text and "the highest mean is a / c, +0.50 [+0.50, +0.50] (3)" in text
     assert report.combinations(rows, ratios=(0.3, 0.5, 0.7), min_pairs=3) is None  # nothing measured at 0.5
     assert report.combinations_text(None) == ""
